@@ -1,0 +1,79 @@
+"""Backends compute one Cerebral LSTM layer (all its directions) over a whole sequence.
+
+Every backend takes the same parameters, in the same storage layout, so a module's ``state_dict`` does not
+depend on the backend. A backend is an object with
+
+``name``
+    the string users pass as ``backend=...``.
+``supports(x, batch_sizes, weights, training) -> str | None``
+    ``None`` when the backend computes this case exactly; otherwise a short reason (used by ``"auto"`` to fall
+    back and by an explicit choice to raise).
+``forward_layer(x, h0, c0, weights, batch_sizes) -> (y, h_n, c_n)``
+    ``x``: ``(T, B, I)`` time-major, or the ``(N, I)`` data of a PackedSequence with ``batch_sizes`` (``(T,)``
+    int64 on the CPU, non-increasing). ``h0``: ``(D, B, H)``; ``c0``: ``(D, B, 2H)`` = ``[UC | LC]``.
+    ``weights``: ``D`` tuples ``(w_ih (8H, I), w_hh (8H, H), b_ih (8H,) or None, b_hh (8H,) or None)``,
+    direction 0 forward in time, direction 1 reverse. Rows of the 8H dimension: upper path i, f, g, o, then
+    lower path i, f, g, o. Returns ``y``: ``(T, B, D*H)`` (or ``(N, D*H)`` packed; forward direction first on
+    the last dimension), ``h_n``: ``(D, B, H)``, ``c_n``: ``(D, B, 2H)``.
+
+Randomness (dropout between layers) is drawn by the layer, outside backends, so every backend sees the same
+noise under the same seed.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor
+
+from . import reference
+
+__all__ = ["Backend", "BACKENDS", "get_backend", "select_backend", "available_backends"]
+
+
+class Backend(Protocol):
+    name: str
+
+    def supports(self, x: Tensor, batch_sizes: Tensor | None, weights, training: bool) -> str | None: ...
+
+    def forward_layer(self, x: Tensor, h0: Tensor, c0: Tensor, weights, batch_sizes: Tensor | None): ...
+
+
+BACKENDS: dict[str, Backend] = {
+    reference.BACKEND.name: reference.BACKEND,
+}
+
+
+def available_backends() -> list[str]:
+    """Names accepted by ``backend=``: ``"auto"`` and every registered backend."""
+    return ["auto", *BACKENDS]
+
+
+def get_backend(name: str) -> str:
+    """Validate a backend name given to a constructor; return it unchanged."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend: expected a str, got {type(name).__name__}")
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"backend: expected one of {available_backends()}, got {name!r}")
+    return name
+
+
+def _auto_order(x: Tensor) -> list[str]:
+    """Backends tried by ``"auto"``, best first, for this device and shape."""
+    return ["reference"]
+
+
+def select_backend(name: str, x: Tensor, batch_sizes: Tensor | None, weights, training: bool) -> Backend:
+    """The backend that will run this call: the named one (raising if it cannot compute this case exactly),
+    or for ``"auto"`` the first in :func:`_auto_order` that supports it; ``reference`` supports everything."""
+    if name != "auto":
+        backend = BACKENDS[name]
+        reason = backend.supports(x, batch_sizes, weights, training)
+        if reason is not None:
+            raise ValueError(f"backend={name!r} cannot run this input: {reason}; use backend='auto' or 'reference'")
+        return backend
+    for candidate in _auto_order(x):
+        backend = BACKENDS[candidate]
+        if backend.supports(x, batch_sizes, weights, training) is None:
+            return backend
+    return BACKENDS["reference"]
