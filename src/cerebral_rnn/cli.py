@@ -9,12 +9,13 @@ import sys
 
 PRESETS = {
     # What `make run` runs: every arm, two seeds, the first 100k characters of the corpus; a few minutes on
-    # a 2-core CPU.
+    # a 2-core CPU. One thread: at these sizes a second thread gains little on an idle machine and loses up to
+    # tenfold when other programs compete for the cores.
     "quick": {"epochs": 8, "seeds": 2, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
-              "lr": 3e-3, "clip": 1.0, "max_chars": 100_000},
+              "lr": 3e-3, "clip": 1.0, "max_chars": 100_000, "threads": 1},
     # The paper's setting as far as it is known: windows of 20 characters, 500 epochs, the whole corpus.
     "paper": {"epochs": 500, "seeds": 3, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
-              "lr": 2e-3, "clip": 1.0, "max_chars": None},
+              "lr": 2e-3, "clip": 1.0, "max_chars": None, "threads": None},
 }
 
 
@@ -89,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the config must match its manifest (--epochs may grow)")
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train")
     r.add_argument("--threads", type=_positive_int, metavar="N", default=None,
-                   help="CPU threads for torch (default: torch's choice, all cores); 1 is much faster when other "
-                        "programs compete for the cores")
+                   help="CPU threads for torch (preset: quick 1, paper torch's default = all cores); 1 is much "
+                        "faster at small sizes when other programs compete for the cores")
     r.add_argument("--quiet", action="store_true", help="print nothing but errors")
     r.add_argument("--stop-after-epochs", type=_positive_int, default=None, help=argparse.SUPPRESS)  # test hook
 
@@ -112,7 +113,8 @@ def reproduce_config(args: argparse.Namespace) -> dict:
     from cerebral_rnn.study.models import check_arms
 
     cfg = dict(PRESETS[args.preset])
-    for key in ("epochs", "seeds", "hidden", "embedding", "seq_len", "batch_size", "lr", "clip", "max_chars"):
+    for key in ("epochs", "seeds", "hidden", "embedding", "seq_len", "batch_size", "lr", "clip", "max_chars",
+                "threads"):
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
@@ -120,7 +122,6 @@ def reproduce_config(args: argparse.Namespace) -> dict:
     cfg["corpus"] = os.path.abspath(args.corpus) if args.corpus is not None else None
     cfg["encoding"] = args.encoding
     cfg["device"] = args.device
-    cfg["threads"] = args.threads
     cfg["preset"] = args.preset
     return cfg
 

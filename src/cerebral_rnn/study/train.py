@@ -417,6 +417,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
     train_w = _corpus.windows(splits.train, cfg["seq_len"])
     val_w = _corpus.windows(splits.val, cfg["seq_len"])
     _check_previous_run(out, resume, cfg, corpus.sha256)
+    dist.barrier()  # every rank has looked at --out before rank 0 writes into it
     seeds = list(range(cfg["seeds"]))
     arms = list(cfg["models"])
     V = len(splits.vocab)
