@@ -330,6 +330,9 @@ def train_one(ctx: RunContext, arm: str, seed: int, resume: bool) -> dict:
             raise StopRequested(f"stopped after {ctx.epochs_done_here} epochs (stop_after_epochs)")
     if epochs_bar is not None:
         epochs_bar.close()
+        last = metrics[-1]
+        ctx.progress.log(f"[{name}] {last['epoch']} epochs: train {last['train_loss']:.4f} "
+                         f"val {last['val_loss']:.4f} ({last['val_bpc']:.3f} bpc)")
     return {"metrics": metrics, "config": config, "path_gap": _models.path_difference(model)}
 
 
@@ -409,6 +412,11 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
 
     t_start = time.perf_counter()
     _models.check_arms(list(cfg["models"]))
+    try:
+        import matplotlib  # noqa: F401 - needed at the end for loss_curves.png; fail before training, not after
+    except ImportError:
+        raise ValueError("reproduce: matplotlib is missing; install the study extra: "
+                         "pip install 'cerebral-rnn[study]'") from None
     dist = setup_distributed(cfg["device"])
     if cfg["batch_size"] % dist.world:
         raise ValueError(f"--batch-size: {cfg['batch_size']} is not divisible by the {dist.world} processes")
