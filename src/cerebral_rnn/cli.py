@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="DIR", default="runs/study", help="output folder")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out where it stopped (per arm and seed), skipping finished arms; "
-                        "the config must match its manifest (--epochs may grow)")
+                        "the config must match its manifest (--epochs, --seeds and --models may change); keep --threads "
+                        "and the machine the same for bit-identical losses")
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train")
     r.add_argument("--threads", type=_positive_int, metavar="N", default=None,
                    help="CPU threads for torch (preset: quick 1, paper torch's default = all cores); 1 is much "

@@ -32,7 +32,9 @@ def check_arms(names: list[str]) -> list[str]:
 def rnn_parameters(arm: str, embedding: int, width: int) -> int:
     """Parameters of the arm's RNN alone, for input size ``embedding`` and hidden size ``width``."""
     E, H = embedding, width
-    lstm_layer = lambda inp: 4 * H * (inp + H) + 8 * H  # noqa: E731 (W_ih, W_hh, b_ih, b_hh)
+    def lstm_layer(inp: int) -> int:  # W_ih (4H x inp), W_hh (4H x H), b_ih and b_hh (4H each)
+        return 4 * H * (inp + H) + 8 * H
+
     if arm in ("lstm", "lstm-matched"):
         return lstm_layer(E)
     if arm == "lstm2":

@@ -148,10 +148,10 @@ def summary_markdown(rows: list[dict], info: dict) -> str:
                f"{cfg['epochs']} epochs, seeds {', '.join(map(str, info['seeds']))}. Corpus "
                f"`{c['source']}` ({c['characters']} characters, sha256 `{c['sha256'][:16]}…`, "
                f"Python {c['python_version']}); 90/10 contiguous split. Hidden size H = {cfg['hidden']}. "
-               f"{info['world_size']} process(es), device {cfg['device']}, wall time "
+               f"{info['world_size']} process(es), device {cfg['device']}, wall time of this invocation "
                f"{info['wall_seconds']:.0f} s.")
-    out += ["", "Mean ± standard deviation over seeds. Train loss: mean per-character cross-entropy (nats) of "
-            "the last epoch. Validation: best epoch's bits per character.", ""]
+    out += ["", ("Mean ± standard deviation over seeds. Train loss: mean per-character cross-entropy (nats) of "
+                 "the last epoch. Validation: best epoch's bits per character."), ""]
     out.append("| arm | RNN width | parameters | final train loss | best val bpc | s / epoch | train chars / s |")
     out.append("|---|---|---|---|---|---|---|")
     for arm in info["arms"]:
@@ -163,15 +163,15 @@ def summary_markdown(rows: list[dict], info: dict) -> str:
         out.append(f"| `{arm}` | {info['widths'][arm]} | {info['params'][arm]:,} | "
                    f"{fmt_mean_std(s['final_train_loss'])} | {fmt_mean_std(s['best_val_bpc'])} | {sec:.2f} | "
                    f"{cps:,.0f} |")
-    out += ["", "Seconds per epoch include the validation pass; characters per second are training characters "
-            "per epoch divided by that. The LSTM arms run torch's fused LSTM op, the Cerebral arms the "
-            "library's default backend, so speed differences are partly implementation differences.", ""]
+    out += ["", ("Seconds per epoch include the validation pass; characters per second are training characters "
+                 "per epoch divided by that. The LSTM arms run torch's fused LSTM op, the Cerebral arms the "
+                 "library's default backend, so speed differences are partly implementation differences."), ""]
     out += ["## The paper's claims, checked against this run", ""]
     out += claim_lines(rows)
-    out += ["", f"A difference is *beyond the seed spread* when the two arms' ranges over seeds do not overlap. "
-            f"For reference, the paper reports training losses at epoch 500 of "
-            + ", ".join(f"{k} {v}" for k, v in PAPER_EPOCH500.items())
-            + f" (nats/char; its corpus and sizes differ from this run's {cfg['epochs']} epochs)."]
+    paper = ", ".join(f"{k} {v}" for k, v in PAPER_EPOCH500.items())
+    out += ["", ("A difference is *beyond the seed spread* when the two arms' ranges over seeds do not overlap. "
+                 f"For reference, the paper reports training losses at epoch 500 of {paper} (nats/char; its "
+                 f"corpus and sizes differ from this run's {cfg['epochs']} epochs).")]
     gaps = info.get("path_gaps") or {}
     if gaps:
         out += ["", "## Symmetry check", ""]

@@ -21,7 +21,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class StopRequested(Exception):
 class Dist:
     rank: int = 0
     world: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def active(self) -> bool:
@@ -270,7 +270,7 @@ def train_one(ctx: RunContext, arm: str, seed: int, resume: bool) -> dict:
     net = model
     if dist.active:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    B, L, W = cfg["batch_size"], cfg["seq_len"], ctx.train_windows.shape[0]
+    B, W = cfg["batch_size"], ctx.train_windows.shape[0]
     shard = B // dist.world
     batches = W // B  # the last incomplete batch is dropped
     epochs_bar = ctx.progress.epochs(name, start, cfg["epochs"])
@@ -362,6 +362,15 @@ def _package_versions() -> dict:
     return versions
 
 
+def _remove_stale_temporaries(out: str) -> None:
+    """Temporary files left by a process killed inside atomic_save / atomic_write_text."""
+    for folder in (out, os.path.join(out, "checkpoints")):
+        for name in os.listdir(folder):
+            stem, _, suffix = name.rpartition(".tmp")
+            if stem and suffix.isdigit():
+                os.remove(os.path.join(folder, name))
+
+
 def _check_previous_run(out: str, resume: bool, cfg: dict, corpus_sha: str) -> None:
     import json
 
@@ -448,6 +457,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
     manifest_path = os.path.join(out, "manifest.json")
     if dist.main:
         os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+        _remove_stale_temporaries(out)
         atomic_write_text(json.dumps(manifest, indent=2) + "\n", manifest_path)
     dist.barrier()
 
@@ -502,8 +512,8 @@ def _samples(out: str, arms: list[str], seeds: list[int], splits: _corpus.Splits
     from . import report as _report
 
     prime = splits.val_text[:SAMPLE_PRIME_CHARS]
-    parts = [f"Samples: prime = the first {len(prime)} characters of the validation part, "
-             f"{SAMPLE_LENGTH} characters sampled at temperature {SAMPLE_TEMPERATURE}, seed 0.\n"]
+    parts = [(f"Samples: prime = the first {len(prime)} characters of the validation part, "
+              f"{SAMPLE_LENGTH} characters sampled at temperature {SAMPLE_TEMPERATURE}, seed 0.\n")]
     for arm in arms:
         best = None
         for seed in seeds:
