@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python examples/compare_quick.py
+	$(BIN)/cerebral-rnn reproduce --preset quick --out runs/quick
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
