@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/cerebral-rnn reproduce --preset quick --out runs/quick
+	$(BIN)/cerebral-rnn reproduce --preset quick --out runs/quick --resume
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
