@@ -34,13 +34,30 @@ def cerebral_state_pointwise(gates: Tensor, state: State) -> State:
     return cerebral_lstm_pointwise(gates, state[1])
 
 
+def _path_linear(paths: int, w: Tensor, b: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """``x -> W x + b``, computed one path (block of ``rows / paths`` rows) at a time and concatenated.
+
+    For the Cerebral LSTM (``paths=2``) each path's projection, and so each path's weight and bias gradient,
+    comes from the same kernels on operands of the same shape. Identical paths then stay bitwise identical
+    under training (init.py, DESIGN.md "Symmetry"); one GEMM over all 8H rows does not guarantee it: torch's
+    column reduction for the bias gradient rounds columns differently depending on their position, and the
+    paths drift apart (to O(1) within a few hundred Adam steps at H=13).
+    """
+    if paths == 1:
+        return lambda x: F.linear(x, w, b)
+    ws = w.chunk(paths)
+    bs = b.chunk(paths) if b is not None else (None,) * paths
+    return lambda x: torch.cat([F.linear(x, wp, bp) for wp, bp in zip(ws, bs)], dim=-1)
+
+
 def _run_direction(x: Tensor, batch_sizes: Tensor | None, state0: State, w_ih: Tensor, w_hh: Tensor,
                    b_ih: Tensor | None, b_hh: Tensor | None, pointwise: Pointwise,
-                   reverse: bool) -> tuple[Tensor, State]:
-    gx = F.linear(x, w_ih, b_ih)  # (T, B, G) or packed (N, G): the input projection, one GEMM
+                   reverse: bool, paths: int = 1) -> tuple[Tensor, State]:
+    gx = _path_linear(paths, w_ih, b_ih)(x)  # (T, B, G) or packed (N, G): the input projection
+    recurrent = _path_linear(paths, w_hh, b_hh)
 
     def step(g: Tensor, state: State) -> State:
-        return pointwise(g + F.linear(state[0], w_hh, b_hh), state)
+        return pointwise(g + recurrent(state[0]), state)
 
     if batch_sizes is None:
         steps = gx.unbind(0)
@@ -80,12 +97,15 @@ def _run_direction(x: Tensor, batch_sizes: Tensor | None, state0: State, w_ih: T
 
 def run_layer(x: Tensor, batch_sizes: Tensor | None, states0: State,
               weights: Sequence[tuple[Tensor, Tensor, Tensor | None, Tensor | None]],
-              pointwise: Pointwise) -> tuple[Tensor, State]:
-    """One layer, every direction. ``states0``: tensors of shape (D, B, *). Returns y and (D, B, *) states."""
+              pointwise: Pointwise, paths: int = 1) -> tuple[Tensor, State]:
+    """One layer, every direction. ``states0``: tensors of shape (D, B, *). Returns y and (D, B, *) states.
+
+    ``paths``: the number of independent blocks of gate rows (2 for the Cerebral LSTM), see :func:`_path_linear`.
+    """
     ys, finals = [], []
     for d, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         y, final = _run_direction(x, batch_sizes, tuple(s[d] for s in states0), w_ih, w_hh, b_ih, b_hh,
-                                  pointwise, reverse=d == 1)
+                                  pointwise, reverse=d == 1, paths=paths)
         ys.append(y)
         finals.append(final)
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
@@ -101,7 +121,7 @@ class ReferenceBackend:
         return None
 
     def forward_layer(self, x, h0, c0, weights, batch_sizes):
-        y, (h_n, c_n) = run_layer(x, batch_sizes, (h0, c0), weights, cerebral_state_pointwise)
+        y, (h_n, c_n) = run_layer(x, batch_sizes, (h0, c0), weights, cerebral_state_pointwise, paths=2)
         return y, h_n, c_n
 
 
