@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cerebral_rnn import LSTM, CerebralLSTM, CerebralLSTMCell, LSTMCell, init
 
@@ -29,20 +30,40 @@ def test_identical_and_distinct(make):
         assert not init.paths_equal(p)
 
 
-def test_identical_paths_stay_identical_under_adam():
+def _run_cell(cell, x):
+    hx, hs = None, []
+    for t in range(x.shape[0]):
+        hx = cell(x[t], hx)
+        hs.append(hx[0])
+    return torch.stack(hs), hx
+
+
+@pytest.mark.parametrize("what,B", [("layer", 4), ("packed", 24), ("cell", 24)])
+def test_identical_paths_stay_identical_under_adam(what, B):
     """DESIGN.md, symmetry: without noise the two paths receive equal gradients and never diverge.
 
-    H=5 on purpose: 4H=20 is not a multiple of the SIMD width, where one fused 8H-row projection used to round
-    the two paths' bias gradients differently (they differed at the first step)."""
-    m = CerebralLSTM(3, H, num_layers=2, bidirectional=True, init="identical")
-    head = torch.nn.Linear(2 * H, 1)
+    H=5 on purpose: 4H=20 is not a multiple of the SIMD width, where one fused 8H-row projection rounded the
+    two paths' bias gradients differently (they differed at the first step, and by O(1) after a few hundred)."""
+    if what == "cell":
+        m = CerebralLSTMCell(3, H, init="identical")
+        head = torch.nn.Linear(H, 1)
+    else:
+        m = CerebralLSTM(3, H, num_layers=2, bidirectional=True, init="identical")
+        head = torch.nn.Linear(2 * H, 1)
     opt = torch.optim.Adam(list(m.parameters()) + list(head.parameters()), lr=0.05)
     gen = torch.Generator().manual_seed(7)
+    lengths = torch.randint(1, 7, (B,), generator=gen).tolist()
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     for _ in range(20):
-        x = torch.randn(6, 4, 3, generator=gen)
-        target = torch.randn(6, 4, 1, generator=gen)
-        y, (h, c) = m(x)
+        x = torch.randn(6, B, 3, generator=gen)
+        target = torch.randn(6, B, 1, generator=gen)
+        if what == "cell":
+            y, (h, c) = _run_cell(m, x)
+        elif what == "packed":
+            out, (h, c) = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            y, _ = pad_packed_sequence(out, total_length=6)
+        else:
+            y, (h, c) = m(x)
         loss = ((head(y) - target) ** 2).mean() + 0.1 * c.pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -53,7 +74,8 @@ def test_identical_paths_stay_identical_under_adam():
         assert not torch.equal(p, before[name]), name  # it did train
         assert torch.equal(*halves(p.detach())), name
     # and c = [UC | LC] has equal halves: h = 2 o tanh(c)
-    _, (h, c) = m(torch.randn(6, 4, 3, generator=gen))
+    x = torch.randn(6, B, 3, generator=gen)
+    _, (h, c) = _run_cell(m, x) if what == "cell" else m(x)
     assert torch.equal(c[..., :H], c[..., H:])
 
 
