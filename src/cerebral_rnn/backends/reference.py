@@ -34,30 +34,29 @@ def cerebral_state_pointwise(gates: Tensor, state: State) -> State:
     return cerebral_lstm_pointwise(gates, state[1])
 
 
-def _path_linear(paths: int, w: Tensor, b: Tensor | None) -> Callable[[Tensor], Tensor]:
-    """``x -> W x + b``, computed one path (block of ``rows / paths`` rows) at a time and concatenated.
+def _path_linear(x: Tensor, w: Tensor, b: Tensor | None, paths: int) -> Tensor:
+    """``W x + b``, computed one path (block of ``rows / paths`` rows) at a time and concatenated.
 
-    For the Cerebral LSTM (``paths=2``) each path's projection, and so each path's weight and bias gradient,
-    comes from the same kernels on operands of the same shape. Identical paths then stay bitwise identical
-    under training (init.py, DESIGN.md "Symmetry"); one GEMM over all 8H rows does not guarantee it: torch's
-    column reduction for the bias gradient rounds columns differently depending on their position, and the
-    paths drift apart (to O(1) within a few hundred Adam steps at H=13).
+    Used for the input projection, which also carries both biases, so that each Cerebral path's bias gradient
+    comes from the same reduction kernel on an operand of the same shape. One linear over all 8H rows makes
+    the bias gradient a column reduction whose rounding depends on the column's position (when 4H is not a
+    multiple of the vector width, e.g. H=5 or 13): identical paths then got gradients 1 ulp apart at the first
+    step and drifted to O(1) differences within a few hundred Adam steps (init.py, DESIGN.md "Symmetry").
     """
     if paths == 1:
-        return lambda x: F.linear(x, w, b)
-    ws = w.chunk(paths)
+        return F.linear(x, w, b)
     bs = b.chunk(paths) if b is not None else (None,) * paths
-    return lambda x: torch.cat([F.linear(x, wp, bp) for wp, bp in zip(ws, bs)], dim=-1)
+    return torch.cat([F.linear(x, wp, bp) for wp, bp in zip(w.chunk(paths), bs)], dim=-1)
 
 
 def _run_direction(x: Tensor, batch_sizes: Tensor | None, state0: State, w_ih: Tensor, w_hh: Tensor,
                    b_ih: Tensor | None, b_hh: Tensor | None, pointwise: Pointwise,
                    reverse: bool, paths: int = 1) -> tuple[Tensor, State]:
-    gx = _path_linear(paths, w_ih, b_ih)(x)  # (T, B, G) or packed (N, G): the input projection
-    recurrent = _path_linear(paths, w_hh, b_hh)
+    bias = b_ih + b_hh if b_ih is not None else None
+    gx = _path_linear(x, w_ih, bias, paths)  # (T, B, G) or packed (N, G): input projection and both biases
 
     def step(g: Tensor, state: State) -> State:
-        return pointwise(g + recurrent(state[0]), state)
+        return pointwise(g + F.linear(state[0], w_hh), state)  # one bias-free GEMM per step
 
     if batch_sizes is None:
         steps = gx.unbind(0)
