@@ -22,7 +22,8 @@ def random_paper_params(input_size: int, hidden_size: int, gen: torch.Generator,
                         scale: float = 0.6) -> dict[str, torch.Tensor]:
     """Eight (H, H + I) matrices ``W{path}{gate}`` on ``[h, x]`` and eight (H,) biases ``b{path}{gate}``.
 
-    path: ``u`` (upper) / ``l`` (lower); gate: ``f`` forget, ``i`` input, ``c`` candidate (Ctmp), ``o`` output.
+    path: ``u`` (upper) / ``l`` (lower); gate: ``f`` forget, ``i`` input, ``c`` candidate (Ctmp),
+    ``o`` output.
     """
     H, I = hidden_size, input_size
     P = {}
@@ -56,7 +57,8 @@ def paper_step(x, h, UC, LC, P):
 
 
 # The documented row order of the 8H dimension: upper i, f, g(=Ctmp), o, then lower i, f, g, o.
-DOCUMENTED_ROWS = [("u", "i"), ("u", "f"), ("u", "c"), ("u", "o"), ("l", "i"), ("l", "f"), ("l", "c"), ("l", "o")]
+DOCUMENTED_ROWS = [("u", "i"), ("u", "f"), ("u", "c"), ("u", "o"),
+                   ("l", "i"), ("l", "f"), ("l", "c"), ("l", "o")]
 
 
 def to_documented_layout(P, hidden_size: int, gen: torch.Generator, dtype=F64):

@@ -3,10 +3,10 @@ Cerebral cell, ``torch.nn.RNNCell`` / ``torch.nn.LSTMCell`` with copied weights 
 
 import pytest
 import torch
+from paper import paper_step, random_paper_params, to_documented_layout
 from torch import nn
 
 from cerebral_rnn import CerebralLSTMCell, LSTMCell, RNNCell
-from paper import paper_step, random_paper_params, to_documented_layout
 
 F64 = torch.float64
 

@@ -250,7 +250,8 @@ def test_cell_bad_state(cls):
         cell(x, hx(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, cw)))
     if cls is not RNNCell:
         with pytest.raises(ValueError, match=rf"c: expected shape \(2, {cw}\)"):
-            cell(x, (torch.zeros(2, 4), torch.zeros(2, cw + 4 if cls is LSTMCell else 4)))  # Cerebral: H not 2H
+            bad_c = torch.zeros(2, cw + 4 if cls is LSTMCell else 4)  # Cerebral: H instead of 2H
+            cell(x, (torch.zeros(2, 4), bad_c))
         with pytest.raises(TypeError, match="hx"):
             cell(x, torch.zeros(2, 4))
         with pytest.raises(TypeError, match="c.*Tensor"):

@@ -1,8 +1,9 @@
 """Weight conversions: nn.LSTM <-> LSTM, and CerebralLSTM <-> its equivalent nn.LSTM(2H) (identity A).
 
 The expected LSTM(2H) weights are built here by hand, element by element, from DESIGN.md's description:
-gate rows interleaved per gate ``[i_U; i_L | f_U; f_L | g_U; g_L | o_U; o_L]``, recurrent weight ``[W_hh, W_hh]``,
-and for layers above the first, each direction's H input columns repeated (the layer below emits [y_U, y_L]).
+gate rows interleaved per gate ``[i_U; i_L | f_U; f_L | g_U; g_L | o_U; o_L]``, recurrent weight
+``[W_hh, W_hh]``, and for layers above the first, each direction's H input columns repeated (the layer below
+emits [y_U, y_L]).
 """
 
 import pytest
@@ -34,8 +35,8 @@ def sd_equal(a, b):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(num_layers=3, bidirectional=True, dropout=0.2),
-                                dict(bias=False, batch_first=True), dict(dtype=F64)])
+@pytest.mark.parametrize("kw", [{}, {"num_layers": 3, "bidirectional": True, "dropout": 0.2},
+                                {"bias": False, "batch_first": True}, {"dtype": F64}])
 def test_lstm_round_trip_exact(kw):
     ref = nn.LSTM(3, 4, **kw).eval()
     ours = lstm_from_torch(ref)
@@ -101,8 +102,14 @@ def hand_lstm2h_state_dict(m: CerebralLSTM) -> dict:
     return out
 
 
-CONFIGS = [dict(), dict(num_layers=2), dict(num_layers=2, bidirectional=True), dict(num_layers=3, bidirectional=True),
-           dict(num_layers=2, bias=False, batch_first=True), dict(num_layers=2, bidirectional=True, dtype=F64)]
+CONFIGS = [
+    {},
+    {"num_layers": 2},
+    {"num_layers": 2, "bidirectional": True},
+    {"num_layers": 3, "bidirectional": True},
+    {"num_layers": 2, "bias": False, "batch_first": True},
+    {"num_layers": 2, "bidirectional": True, "dtype": F64},
+]
 
 
 @pytest.mark.parametrize("kw", CONFIGS)
@@ -178,7 +185,8 @@ def test_documented_pipeline_reproduces_cerebral(packed):
     y, (h, c) = m(inp, (h0, c0))
     y2, (h2, c2) = cerebral_output_from_lstm2h(*ref(inp, (h0_2, c0_2)), hidden_size=4)
     if packed:
-        assert torch.equal(y.batch_sizes, y2.batch_sizes) and torch.equal(y.unsorted_indices, y2.unsorted_indices)
+        assert torch.equal(y.batch_sizes, y2.batch_sizes)
+        assert torch.equal(y.unsorted_indices, y2.unsorted_indices)
         y, y2 = y.data, y2.data
     assert y2.shape == y.shape and h2.shape == h.shape and c2.shape == c.shape
     for a, b in ((y, y2), (h, h2), (c, c2)):

@@ -43,7 +43,7 @@ def test_identical_paths_stay_identical_under_adam(what, B):
     """DESIGN.md, symmetry: without noise the two paths receive equal gradients and never diverge.
 
     H=5 on purpose: 4H=20 is not a multiple of the SIMD width, where one fused 8H-row projection rounded the
-    two paths' bias gradients differently (they differed at the first step, and by O(1) after a few hundred)."""
+    two paths' bias gradients differently (they differed at the first step, by O(1) after a few hundred)."""
     if what == "cell":
         m = CerebralLSTMCell(3, H, init="identical")
         head = torch.nn.Linear(H, 1)
@@ -58,12 +58,12 @@ def test_identical_paths_stay_identical_under_adam(what, B):
         x = torch.randn(6, B, 3, generator=gen)
         target = torch.randn(6, B, 1, generator=gen)
         if what == "cell":
-            y, (h, c) = _run_cell(m, x)
+            y, (_, c) = _run_cell(m, x)
         elif what == "packed":
-            out, (h, c) = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            out, (_, c) = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
             y, _ = pad_packed_sequence(out, total_length=6)
         else:
-            y, (h, c) = m(x)
+            y, (_, c) = m(x)
         loss = ((head(y) - target) ** 2).mean() + 0.1 * c.pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -75,7 +75,7 @@ def test_identical_paths_stay_identical_under_adam(what, B):
         assert torch.equal(*halves(p.detach())), name
     # and c = [UC | LC] has equal halves: h = 2 o tanh(c)
     x = torch.randn(6, B, 3, generator=gen)
-    _, (h, c) = _run_cell(m, x) if what == "cell" else m(x)
+    _, (_h, c) = _run_cell(m, x) if what == "cell" else m(x)
     assert torch.equal(c[..., :H], c[..., H:])
 
 
@@ -85,7 +85,7 @@ def test_dropout_between_layers_keeps_paths_identical():
     m = CerebralLSTM(3, H, num_layers=2, init="identical", dropout=0.5)
     opt = torch.optim.Adam(m.parameters(), lr=0.05)
     for _ in range(5):
-        y, (h, c) = m(torch.randn(6, 4, 3))
+        y, (_h, _c) = m(torch.randn(6, 4, 3))
         opt.zero_grad()
         y.pow(2).mean().backward()
         opt.step()
@@ -125,7 +125,8 @@ def test_forget_bias_without_bias_is_ignored():
     assert not [n for n, _ in m.named_parameters() if "bias" in n]
 
 
-@pytest.mark.parametrize("bad,exc", [(float("nan"), ValueError), (float("inf"), ValueError), (True, TypeError),
+@pytest.mark.parametrize("bad,exc", [(float("nan"), ValueError), (float("inf"), ValueError),
+                                     (True, TypeError),
                                      ("1", TypeError)])
 def test_forget_bias_errors(bad, exc):
     for cls in (CerebralLSTM, LSTM, CerebralLSTMCell, LSTMCell):

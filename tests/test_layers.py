@@ -10,11 +10,11 @@ import warnings
 
 import pytest
 import torch
+from paper import paper_sequence, random_paper_params, to_documented_layout
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from cerebral_rnn import LSTM, RNN, CerebralLSTM, cerebral_to_lstm2h
-from paper import paper_sequence, random_paper_params, to_documented_layout
 
 F64 = torch.float64
 T, B, I, H = 5, 4, 3, 4
@@ -63,7 +63,7 @@ MODES = ["batched", "batch_first", "packed_sorted", "packed_unsorted", "unbatche
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, False), (1, True), (3, True)])
 @pytest.mark.parametrize("mode", MODES)
 def test_rnn_lstm_match_torch(backend, kind, num_layers, bidirectional, mode, gen):
-    kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=mode == "batch_first")
+    kw = {"num_layers": num_layers, "bidirectional": bidirectional, "batch_first": mode == "batch_first"}
     if kind == "lstm":
         ref, ours = nn.LSTM(I, H, **kw), LSTM(I, H, backend=backend, **kw)
     else:
@@ -84,7 +84,8 @@ def test_rnn_lstm_match_torch(backend, kind, num_layers, bidirectional, mode, ge
     assert type(out_o) is type(out_r)
     if isinstance(out_r, PackedSequence):
         assert torch.equal(out_o.batch_sizes, out_r.batch_sizes)
-        for a, b in ((out_o.sorted_indices, out_r.sorted_indices), (out_o.unsorted_indices, out_r.unsorted_indices)):
+        for a, b in ((out_o.sorted_indices, out_r.sorted_indices),
+                     (out_o.unsorted_indices, out_r.unsorted_indices)):
             assert (a is None and b is None) or torch.equal(a, b)
     for a, b in zip([out_tensor(out_o), *st_o], [out_tensor(out_r), *st_r]):
         assert a.shape == b.shape
@@ -207,7 +208,8 @@ def test_cerebral_parameter_names_and_shapes():
 
 
 def lstm2h_row(p, k, j):
-    """Row of the LSTM(2H) gate dimension holding Cerebral path p (0 upper, 1 lower), gate k (i,f,g,o), unit j."""
+    """Row of the LSTM(2H) gate dimension holding Cerebral path p (0 upper, 1 lower), gate k (i, f, g, o),
+    unit j."""
     return k * 2 * H + p * H + j
 
 
@@ -223,8 +225,8 @@ def cerebral_grad_from_lstm2h(name, g2, layer, D):
         g = g[:, :H] + g[:, H:]  # [W_hh, W_hh]: the two tied copies' gradients add
     elif name.startswith("weight_ih") and layer > 0:
         # the layer below gives [y_U, y_L] per direction (2H each); both halves are read by the same H columns
-        g = torch.cat([g[:, d * 2 * H: d * 2 * H + H] + g[:, d * 2 * H + H: (d + 1) * 2 * H] for d in range(D)],
-                      dim=1)
+        g = torch.cat([g[:, d * 2 * H: d * 2 * H + H] + g[:, d * 2 * H + H: (d + 1) * 2 * H]
+                       for d in range(D)], dim=1)
     return g
 
 
@@ -258,7 +260,8 @@ def test_cerebral_matches_lstm2h(num_layers, bidirectional, mode, gen):
     wh = torch.randn(h_n.shape, generator=gen)
     wc = torch.randn(c_n.shape, generator=gen)
     names = [n for n, _ in m.named_parameters()]
-    g = torch.autograd.grad((out_tensor(y) * wy).sum() + (h_n * wh).sum() + (c_n * wc).sum(), [x, h0, c0, *m.parameters()], retain_graph=True)
+    g = torch.autograd.grad((out_tensor(y) * wy).sum() + (h_n * wh).sum() + (c_n * wc).sum(),
+                            [x, h0, c0, *m.parameters()], retain_graph=True)
     g2 = torch.autograd.grad((fold(out_tensor(y2)) * wy).sum() + (fold(h2) * wh).sum() + (c2 * wc).sum(),
                              [x, h0_2, c0_2, *(getattr(ref, n) for n in names)])
     torch.testing.assert_close(g[0], g2[0], atol=1e-5, rtol=0)
@@ -267,7 +270,7 @@ def test_cerebral_matches_lstm2h(num_layers, bidirectional, mode, gen):
     for name, ga, gb in zip(names, g[3:], g2[3:]):
         layer = int(name.split("_l")[1][0])
         torch.testing.assert_close(ga, cerebral_grad_from_lstm2h(name, gb, layer, D), atol=1e-5, rtol=0,
-                                   msg=lambda s: f"{name}: {s}")
+                                   msg=lambda s, name=name: f"{name}: {s}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -321,7 +324,8 @@ def test_cerebral_gradcheck_packed_bidirectional():
     c0 = torch.randn(4, 3, 4, dtype=F64, requires_grad=True)
 
     def f(data, h0, c0, *ps):
-        out, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)), (packed._replace(data=data), (h0, c0)))
+        inp = packed._replace(data=data)
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)), (inp, (h0, c0)))
         return out.data, h, c
 
     assert torch.autograd.gradcheck(f, (data, h0, c0, *params))
@@ -334,7 +338,7 @@ def test_cerebral_gradcheck_packed_bidirectional():
 
 @pytest.mark.parametrize("cls", [CerebralLSTM, LSTM, RNN])
 def test_state_dict_round_trip(cls, gen):
-    kw = dict(num_layers=2, bidirectional=True)
+    kw = {"num_layers": 2, "bidirectional": True}
     if cls is CerebralLSTM:
         kw["init"] = "identical"
     m = cls(I, H, **kw)
@@ -366,7 +370,7 @@ def test_state_dict_loads_into_torch_lstm_names():
 def test_float64(cls, gen):
     m = cls(I, H, num_layers=2, dtype=F64)
     assert all(p.dtype == F64 for p in m.parameters())
-    y, s = m(torch.randn(T, B, I, generator=gen, dtype=F64))
+    y, _s = m(torch.randn(T, B, I, generator=gen, dtype=F64))
     assert y.dtype == F64
     m32 = cls(I, H, num_layers=2)
     m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
@@ -449,7 +453,8 @@ def test_cerebral_backends_and_last_backend(gen):
 
 @pytest.mark.parametrize("cls", [LSTM, RNN])
 def test_simple_backends_agree(cls, gen):
-    a, b = cls(I, H, 2, bidirectional=True, backend="torch"), cls(I, H, 2, bidirectional=True, backend="reference")
+    a = cls(I, H, 2, bidirectional=True, backend="torch")
+    b = cls(I, H, 2, bidirectional=True, backend="reference")
     b.load_state_dict(a.state_dict())
     x = torch.randn(T, B, I, generator=gen)
     torch.testing.assert_close(a(x)[0], b(x)[0], atol=1e-5, rtol=0)
@@ -501,7 +506,7 @@ def test_torch_compile_matches_eager():
     model.zero_grad()
     model(tokens)[0].sum().backward()
     for n, p in model.named_parameters():
-        torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-5, msg=lambda s: f"{n}: {s}")
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-5, msg=lambda s, n=n: f"{n}: {s}")
 
 
 class SeqModel(nn.Module):
@@ -546,7 +551,7 @@ def train_seq_model(rnn_cls):
 
 
 def test_swap_into_nn_lstm_code():
-    losses_ref, (h, c) = train_seq_model(nn.LSTM)
+    _losses_ref, (h, c) = train_seq_model(nn.LSTM)
     assert c.shape == h.shape
     losses, (h, c) = train_seq_model(CerebralLSTM)
     assert h.shape == (2, 4, 8) and c.shape == (2, 4, 16)

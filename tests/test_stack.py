@@ -43,7 +43,7 @@ def test_states_in_and_out():
     net = build()
     x = torch.randn(6, 2, 3)
     _, states = net(x)
-    out, states2 = net(x, states)
+    out, _states2 = net(x, states)
     y0, _ = net.layers[0](x, states[0])
     y1, _ = net.layers[1](y0, states[1])
     y2, _ = net.layers[2](y1, states[2])
@@ -73,7 +73,7 @@ def test_batch_first_unbatched_and_packed():
     packed = pack_padded_sequence(x, [4, 6], batch_first=True, enforce_sorted=False)
     pout, states = net(packed)
     assert isinstance(pout, PackedSequence)
-    alone, alone_states = net(x[0, :4])
+    _alone, alone_states = net(x[0, :4])
     torch.testing.assert_close(states[1][0][:, 0], alone_states[1][0], atol=1e-6, rtol=0)
 
 
