@@ -10,6 +10,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paper import paper_sequence, random_paper_params, to_documented_layout
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence, pad_sequence
@@ -533,7 +535,7 @@ def train_seq_model(rnn_cls):
     data = torch.arange(4 * 24).reshape(4, 24) % 7  # predictable next token
     lengths = torch.tensor([6, 6, 6, 6])
     losses = []
-    for epoch in range(8):
+    for _ in range(8):
         state = None
         total = 0.0
         for start in range(0, 18, 6):  # truncated BPTT over chunks of 6
@@ -556,3 +558,32 @@ def test_swap_into_nn_lstm_code():
     losses, (h, c) = train_seq_model(CerebralLSTM)
     assert h.shape == (2, 4, 8) and c.shape == (2, 4, 16)
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Property: any batch of lengths, packed, equals each sequence alone (hypothesis)
+# ---------------------------------------------------------------------------------------------------------
+
+_PROPERTY_MODEL = {}
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=5), seed=st.integers(0, 2**16),
+       with_state=st.booleans())
+def test_packed_property(lengths, seed, with_state):
+    if not _PROPERTY_MODEL:
+        torch.manual_seed(0)
+        _PROPERTY_MODEL["m"] = CerebralLSTM(2, 3, num_layers=2, bidirectional=True, dtype=F64)
+    m = _PROPERTY_MODEL["m"]
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randn(n, 2, generator=g, dtype=F64) for n in lengths]
+    h0 = torch.randn(4, len(lengths), 3, generator=g, dtype=F64)
+    c0 = torch.randn(4, len(lengths), 6, generator=g, dtype=F64)
+    packed = pack_padded_sequence(pad_sequence(seqs), lengths, enforce_sorted=False)
+    out, (h, c) = m(packed, (h0, c0) if with_state else None)
+    padded, _ = pad_packed_sequence(out)
+    for b, seq in enumerate(seqs):
+        y_b, (h_b, c_b) = m(seq, (h0[:, b], c0[:, b]) if with_state else None)
+        torch.testing.assert_close(padded[: lengths[b], b], y_b, atol=1e-12, rtol=0)
+        torch.testing.assert_close(h[:, b], h_b, atol=1e-12, rtol=0)
+        torch.testing.assert_close(c[:, b], c_b, atol=1e-12, rtol=0)
