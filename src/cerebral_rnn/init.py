@@ -18,6 +18,7 @@ makes it deterministic.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -39,7 +40,7 @@ def check_scheme(init: str) -> str:
 def check_forget_bias(forget_bias) -> float | None:
     if forget_bias is None:
         return None
-    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
         raise TypeError(f"forget_bias: expected a float or None, got {type(forget_bias).__name__}")
     if not math.isfinite(forget_bias):
         raise ValueError(f"forget_bias: expected a finite number, got {forget_bias}")
