@@ -120,6 +120,14 @@ def test_forget_bias_rows(forget_bias):
         assert b_ih[:H].std() > 0 and b_ih[2 * H:].std() > 0
 
 
+def test_forget_bias_accepts_numpy_scalars():
+    import numpy as np
+
+    for value in (np.float32(1.5), np.float64(1.5), np.int64(2)):
+        m = CerebralLSTM(3, H, forget_bias=value)
+        assert torch.all(m.bias_ih_l0[H:2 * H] == float(value)) and type(m.forget_bias) is float
+
+
 def test_forget_bias_without_bias_is_ignored():
     m = CerebralLSTM(3, H, bias=False, forget_bias=1.0)
     assert not [n for n, _ in m.named_parameters() if "bias" in n]
