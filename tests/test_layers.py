@@ -65,7 +65,20 @@ MODES = ["batched", "batch_first", "packed_sorted", "packed_unsorted", "unbatche
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, False), (1, True), (3, True)])
 @pytest.mark.parametrize("mode", MODES)
 def test_rnn_lstm_match_torch(backend, kind, num_layers, bidirectional, mode, gen):
-    kw = {"num_layers": num_layers, "bidirectional": bidirectional, "batch_first": mode == "batch_first"}
+    compare_with_torch(backend, kind, num_layers, bidirectional, mode, gen)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("kind", ["rnn_tanh", "rnn_relu", "lstm"])
+@pytest.mark.parametrize("mode", ["batched", "packed_unsorted", "unbatched"])
+def test_rnn_lstm_no_bias_match_torch(backend, kind, mode, gen):
+    compare_with_torch(backend, kind, 2, True, mode, gen, bias=False)
+
+
+def compare_with_torch(backend, kind, num_layers, bidirectional, mode, gen, bias=True):
+    """Outputs, final states and gradients (input, states, every parameter) equal torch.nn's to 1e-5."""
+    kw = {"num_layers": num_layers, "bidirectional": bidirectional, "batch_first": mode == "batch_first",
+          "bias": bias}
     if kind == "lstm":
         ref, ours = nn.LSTM(I, H, **kw), LSTM(I, H, backend=backend, **kw)
     else:
