@@ -626,3 +626,39 @@ def test_packed_property(lengths, seed, with_state):
         torch.testing.assert_close(padded[: lengths[b], b], y_b, atol=1e-12, rtol=0)
         torch.testing.assert_close(h[:, b], h_b, atol=1e-12, rtol=0)
         torch.testing.assert_close(c[:, b], c_b, atol=1e-12, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DESIGN.md's trap: per-step slices G[t] of one (T, B, G) tensor make backward quadratic in T
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _graph_node_types(t):
+    seen, stack, types = set(), [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        types.add(type(node).__name__)
+        stack.extend(f for f, _ in node.next_functions)
+    return types
+
+
+@pytest.mark.parametrize("make", [lambda b=b: CerebralLSTM(I, H, 2, bidirectional=True, backend=b)
+                                  for b in CEREBRAL_BACKENDS]
+                         + [lambda: LSTM(I, H, 2, bidirectional=True, backend="reference"),
+                            lambda: RNN(I, H, 2, bidirectional=True, backend="reference")],
+                         ids=[f"cerebral-{b}" for b in CEREBRAL_BACKENDS] + ["lstm-reference", "rnn-reference"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_backward_graph_has_no_per_step_select(make, packed, gen):
+    """Each select's backward materialises a zero (T, B, G) gradient: T of them is O(T^2) work."""
+    m = make()
+    x = torch.randn(12, B, I, generator=gen)
+    inp = pack_padded_sequence(x, [12, 9, 5, 1]) if packed else x
+    result = cerebral_forward(m, inp) if isinstance(m, CerebralLSTM) else m(inp)
+    if result is None:
+        return  # the named backend refused this case, as documented
+    out, _ = result
+    types = _graph_node_types(out_tensor(out).sum())
+    assert "SelectBackward0" not in types, types
