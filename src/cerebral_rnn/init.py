@@ -7,8 +7,10 @@ asks that the upper and lower paths start from *different* values:
     the two paths' rows are drawn independently.
 ``"identical"``
     the lower path's rows are an exact copy of the upper path's. With identical paths the gradients of the two
-    paths are equal at every step, so under deterministic training (no dropout) they never diverge and the
-    model stays a single LSTM with ``h = 2 o tanh(c)``. Use it for the paper's initialisation study.
+    paths are equal at every step, so under deterministic training they never diverge (bitwise: the cells and
+    the reference backend compute each path with the same kernels on same-shaped operands) and the model stays
+    a single LSTM with ``h = 2 o tanh(c)``. Dropout between layers does not break this either: both paths of
+    the next layer read the same dropped-out input. Use it for the paper's initialisation study.
 
 ``forget_bias`` (optional): the forget-gate rows of ``bias_ih`` are set to it and those of ``bias_hh`` to 0, so
 the total forget bias equals it. Everything draws from torch's global generator, so ``torch.manual_seed``
