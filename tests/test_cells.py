@@ -194,5 +194,7 @@ def test_cell_gradcheck(make, nstate):
         hx = (h, c) if nstate == 2 else h
         return torch.func.functional_call(cell, dict(zip(names, ps)), (x, hx))
 
-    assert torch.autograd.gradcheck(f, (x, h, c, *params)) if nstate == 2 else \
-        torch.autograd.gradcheck(lambda x, h, *ps: f(x, h, None, *ps), (x, h, *params))
+    if nstate == 2:
+        assert torch.autograd.gradcheck(f, (x, h, c, *params))
+    else:
+        assert torch.autograd.gradcheck(lambda x, h, *ps: f(x, h, None, *ps), (x, h, *params))
