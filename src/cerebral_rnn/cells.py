@@ -77,10 +77,21 @@ def lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih:
     return lstm_pointwise(F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh), c)
 
 
+def _per_path_linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``W x + b`` for the upper rows (first half) and the lower rows (second half) separately, concatenated.
+
+    Both paths then go through the same kernels on operands of the same shape, so identical paths get bitwise
+    identical values and gradients (one GEMM over all 8H rows rounds the bias gradient of a column differently
+    depending on its position, and identical paths drift apart in training; see :mod:`cerebral_rnn.init`).
+    """
+    bs = b.chunk(2) if b is not None else (None, None)
+    return torch.cat([F.linear(x, wp, bp) for wp, bp in zip(w.chunk(2), bs)], dim=-1)
+
+
 def cerebral_lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                        b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
     """One Cerebral LSTM step: both paths read the same ``[h(t-1), x(t)]``; ``c`` is ``[UC | LC]``."""
-    return cerebral_lstm_pointwise(F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh), c)
+    return cerebral_lstm_pointwise(_per_path_linear(x, w_ih, b_ih) + _per_path_linear(h, w_hh, b_hh), c)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ asks that the upper and lower paths start from *different* values:
     the two paths' rows are drawn independently.
 ``"identical"``
     the lower path's rows are an exact copy of the upper path's. With identical paths the gradients of the two
-    paths are equal at every step, so under deterministic training (no dropout) they never diverge and the
-    model stays a single LSTM with ``h = 2 o tanh(c)``. Use it for the paper's initialisation study.
+    paths are equal at every step, so under deterministic training they never diverge (bitwise: the cells and
+    the reference backend compute each path with the same kernels on same-shaped operands) and the model stays
+    a single LSTM with ``h = 2 o tanh(c)``. Dropout between layers does not break this either: both paths of
+    the next layer read the same dropped-out input. Use it for the paper's initialisation study.
 
 ``forget_bias`` (optional): the forget-gate rows of ``bias_ih`` are set to it and those of ``bias_hh`` to 0, so
 the total forget bias equals it. Everything draws from torch's global generator, so ``torch.manual_seed``
@@ -18,6 +20,7 @@ makes it deterministic.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -39,7 +42,7 @@ def check_scheme(init: str) -> str:
 def check_forget_bias(forget_bias) -> float | None:
     if forget_bias is None:
         return None
-    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
         raise TypeError(f"forget_bias: expected a float or None, got {type(forget_bias).__name__}")
     if not math.isfinite(forget_bias):
         raise ValueError(f"forget_bias: expected a finite number, got {forget_bias}")

@@ -106,6 +106,8 @@ class _RNNBase(nn.Module):
             raise ValueError(f"input: expected last dimension input_size={self.input_size}, "
                              f"got {input.shape[-1]} (shape {tuple(input.shape)})")
         batched = input.dim() == 3
+        if input.shape[1 if batched and self.batch_first else 0] == 0:
+            raise ValueError(f"input: expected a sequence length > 0, got shape {tuple(input.shape)}")
         if not batched:
             x = input.unsqueeze(1)
         elif self.batch_first:

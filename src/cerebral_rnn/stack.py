@@ -1,5 +1,7 @@
 """A recurrent network built layer by layer, mixing cell kinds.
 
+>>> import torch
+>>> from cerebral_rnn import StackedRNN
 >>> net = StackedRNN(16).add_layer("cerebral", 32).add_layer("lstm", 24).add_layer("rnn", 8)
 >>> out, states = net(torch.randn(10, 4, 16))
 >>> out.shape, [type(s).__name__ for s in states]

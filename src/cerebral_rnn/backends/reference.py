@@ -34,13 +34,29 @@ def cerebral_state_pointwise(gates: Tensor, state: State) -> State:
     return cerebral_lstm_pointwise(gates, state[1])
 
 
+def _path_linear(x: Tensor, w: Tensor, b: Tensor | None, paths: int) -> Tensor:
+    """``W x + b``, computed one path (block of ``rows / paths`` rows) at a time and concatenated.
+
+    Used for the input projection, which also carries both biases, so that each Cerebral path's bias gradient
+    comes from the same reduction kernel on an operand of the same shape. One linear over all 8H rows makes
+    the bias gradient a column reduction whose rounding depends on the column's position (when 4H is not a
+    multiple of the vector width, e.g. H=5 or 13): identical paths then got gradients 1 ulp apart at the first
+    step and drifted to O(1) differences within a few hundred Adam steps (init.py, DESIGN.md "Symmetry").
+    """
+    if paths == 1:
+        return F.linear(x, w, b)
+    bs = b.chunk(paths) if b is not None else (None,) * paths
+    return torch.cat([F.linear(x, wp, bp) for wp, bp in zip(w.chunk(paths), bs)], dim=-1)
+
+
 def _run_direction(x: Tensor, batch_sizes: Tensor | None, state0: State, w_ih: Tensor, w_hh: Tensor,
                    b_ih: Tensor | None, b_hh: Tensor | None, pointwise: Pointwise,
-                   reverse: bool) -> tuple[Tensor, State]:
-    gx = F.linear(x, w_ih, b_ih)  # (T, B, G) or packed (N, G): the input projection, one GEMM
+                   reverse: bool, paths: int = 1) -> tuple[Tensor, State]:
+    bias = b_ih + b_hh if b_ih is not None else None
+    gx = _path_linear(x, w_ih, bias, paths)  # (T, B, G) or packed (N, G): input projection and both biases
 
     def step(g: Tensor, state: State) -> State:
-        return pointwise(g + F.linear(state[0], w_hh, b_hh), state)
+        return pointwise(g + F.linear(state[0], w_hh), state)  # one bias-free GEMM per step
 
     if batch_sizes is None:
         steps = gx.unbind(0)
@@ -80,12 +96,15 @@ def _run_direction(x: Tensor, batch_sizes: Tensor | None, state0: State, w_ih: T
 
 def run_layer(x: Tensor, batch_sizes: Tensor | None, states0: State,
               weights: Sequence[tuple[Tensor, Tensor, Tensor | None, Tensor | None]],
-              pointwise: Pointwise) -> tuple[Tensor, State]:
-    """One layer, every direction. ``states0``: tensors of shape (D, B, *). Returns y and (D, B, *) states."""
+              pointwise: Pointwise, paths: int = 1) -> tuple[Tensor, State]:
+    """One layer, every direction. ``states0``: tensors of shape (D, B, *). Returns y and (D, B, *) states.
+
+    ``paths``: the number of independent blocks of gate rows (2 for the Cerebral LSTM), see :func:`_path_linear`.
+    """
     ys, finals = [], []
     for d, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         y, final = _run_direction(x, batch_sizes, tuple(s[d] for s in states0), w_ih, w_hh, b_ih, b_hh,
-                                  pointwise, reverse=d == 1)
+                                  pointwise, reverse=d == 1, paths=paths)
         ys.append(y)
         finals.append(final)
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
@@ -101,7 +120,7 @@ class ReferenceBackend:
         return None
 
     def forward_layer(self, x, h0, c0, weights, batch_sizes):
-        y, (h_n, c_n) = run_layer(x, batch_sizes, (h0, c0), weights, cerebral_state_pointwise)
+        y, (h_n, c_n) = run_layer(x, batch_sizes, (h0, c0), weights, cerebral_state_pointwise, paths=2)
         return y, h_n, c_n
 
 
