@@ -26,7 +26,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from . import reference
+from . import fused, lstm2h, reference
 
 __all__ = ["Backend", "BACKENDS", "get_backend", "select_backend", "available_backends"]
 
@@ -41,6 +41,8 @@ class Backend(Protocol):
 
 BACKENDS: dict[str, Backend] = {
     reference.BACKEND.name: reference.BACKEND,
+    lstm2h.BACKEND.name: lstm2h.BACKEND,
+    fused.BACKEND.name: fused.BACKEND,
 }
 
 
@@ -60,7 +62,7 @@ def get_backend(name: str) -> str:
 
 def _auto_order(x: Tensor) -> list[str]:
     """Backends tried by ``"auto"``, best first, for this device and shape."""
-    return ["reference"]
+    return ["fused", "lstm2h", "reference"]
 
 
 def select_backend(name: str, x: Tensor, batch_sizes: Tensor | None, weights, training: bool) -> Backend:
