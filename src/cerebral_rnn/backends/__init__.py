@@ -60,9 +60,22 @@ def get_backend(name: str) -> str:
     return name
 
 
+# Below this batch size "lstm2h" (torch's fused LSTM op, twice the recurrent FLOPs but no per-step Python)
+# beats "fused" (native 8H x H recurrence, ~10 small ops per step) on the CPU; measured with
+# benchmarks/speed.py on a 2-core CPU (docs/fast-path.md).
+_FUSED_MIN_BATCH = 16
+
+
 def _auto_order(x: Tensor) -> list[str]:
-    """Backends tried by ``"auto"``, best first, for this device and shape."""
-    return ["fused", "lstm2h", "reference"]
+    """Backends tried by ``"auto"``, best first, for this device and shape.
+
+    CUDA: ``lstm2h`` (cuDNN). CPU: ``fused`` for dense input of batch >= 16, else ``lstm2h`` first. Each
+    backend's ``supports`` then rules out what it cannot compute exactly (``fused``: packed input, dtypes other
+    than float32/float64, autocast, tracing/compiling), and ``reference`` takes everything else.
+    """
+    if x.device.type == "cpu" and x.dim() == 3 and x.shape[1] >= _FUSED_MIN_BATCH:
+        return ["fused", "lstm2h", "reference"]
+    return ["lstm2h", "fused", "reference"]
 
 
 def select_backend(name: str, x: Tensor, batch_sizes: Tensor | None, weights, training: bool) -> Backend:

@@ -32,50 +32,92 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 _DTYPES = (torch.float32, torch.float64)
-_ORDER_CACHE: dict[tuple[int, str], Tensor] = {}
+_CACHE: dict[tuple[int, str, torch.dtype], tuple[Tensor, Tensor]] = {}
+_INFER_ROWS = 512  # rows (steps x batch) of the input projection per chunk in inference
 
 
-def fused_gate_order(hidden_size: int, device=None) -> Tensor:
-    """Row indices taking stored rows (U i,f,g,o, L i,f,g,o) to the call's layout ``o_U o_L i_U i_L f_U f_L g_U g_L``."""
+def fused_gate_order(hidden_size: int, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    """Row indices taking stored rows (U i,f,g,o, L i,f,g,o) to the call's layout ``o_U o_L i_U i_L f_U f_L
+    g_U g_L``, and the row scale (1, or 2 for the candidate rows g: ``tanh(a) = 2 sigmoid(2a) - 1``)."""
     H = hidden_size
-    key = (H, str(device))
-    order = _ORDER_CACHE.get(key)
-    if order is None:
+    key = (H, str(device), dtype)
+    hit = _CACHE.get(key)
+    if hit is None:
         blocks = [path * 4 + gate for gate in (3, 0, 1, 2) for path in (0, 1)]  # gates o, i, f, g; paths U, L
         order = torch.cat([torch.arange(H, device=device) + H * blk for blk in blocks])
-        _ORDER_CACHE[key] = order
-    return order
+        scale = torch.ones(8 * H, device=device, dtype=dtype)
+        scale[6 * H:] = 2.0
+        hit = _CACHE[key] = (order, scale)
+    return hit
 
 
-def _forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, reverse: bool):
-    """The forward pass; returns y (T, B, H), h_n, c_n and what backward needs (G activated, C with c_0)."""
+def _step(g: Tensor, h: Tensor, w_hh_t: Tensor, c_prev: Tensor, c: Tensor, tmp: Tensor, y: Tensor) -> Tensor:
+    """One step, in place. ``g`` (B, 8H): input projection in, sigmoid activations out (layout o, i, f, g; the
+    g rows are pre-scaled by 2 so that ``2 s_g - 1 = tanh(a_g)``). Writes ``c`` (B, 2H) and ``y`` (B, H)."""
+    H2 = c.shape[-1]
+    H = H2 // 2
+    g.addmm_(h, w_hh_t)
+    g.sigmoid_()  # one pass over all 8H gates (tanh is ~5x slower than sigmoid on the CPU)
+    o, i, f, s_g = g[:, :H2], g[:, H2:2 * H2], g[:, 2 * H2:3 * H2], g[:, 3 * H2:]
+    torch.mul(f, c_prev, out=c)  # C = f * C(t-1)  ...
+    c.addcmul_(i, s_g, value=2.0).sub_(i)  # ... + i * tanh(a_g), both paths at once
+    torch.add(c, c, out=tmp).sigmoid_()  # sigmoid(2C)
+    torch.addcmul(o, o, tmp, value=-2.0, out=tmp)  # -o * tanh(C) = o - 2 o sigmoid(2C)
+    return torch.add(tmp[:, :H], tmp[:, H:], out=y).neg_()  # h = Uo*tanh(UC) + Lo*tanh(LC)
+
+
+def _steps(T: int, reverse: bool) -> range:
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _forward_train(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None,
+                   reverse: bool):
+    """Forward keeping what backward needs: returns y (T, B, H), h_n, c_n, G (activations), C (with c_0)."""
     T, B, I = x.shape
     H = h0.shape[-1]
-    x2 = x.reshape(T * B, I)
-    G = torch.empty(T, B, 8 * H, dtype=x.dtype, device=x.device)  # pre-activations, then activations
-    if b is None:
-        torch.mm(x2, w_ih.t(), out=G.view(T * B, 8 * H))
-    else:
-        torch.addmm(b, x2, w_ih.t(), out=G.view(T * B, 8 * H))
-    C = torch.empty(T + 1, B, 2 * H, dtype=x.dtype, device=x.device)  # cell states [UC | LC], c_0 at one end
-    Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+    G = torch.empty(T, B, 8 * H, dtype=x.dtype, device=x.device)  # (T, B, 8H)
+    _project(x, w_ih, b, G)
+    C = torch.empty(T + 1, B, 2 * H, dtype=x.dtype, device=x.device)  # (T+1, B, 2H), c_0 at one end
+    Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)  # (T, B, H)
     tmp = torch.empty(B, 2 * H, dtype=x.dtype, device=x.device)
     w_hh_t = w_hh.t()  # (H, 8H)
     cn, cp = (0, 1) if reverse else (1, 0)  # c_t = C[t + cn], c_{t-1} = C[t + cp]
     C[T if reverse else 0] = c0
     h = h0
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        g = G[t]  # (B, 8H)
-        g.addmm_(h, w_hh_t)
-        g[:, : 6 * H].sigmoid_()  # o, i, f of both paths
-        g[:, 6 * H:].tanh_()  # candidates g of both paths
-        c = C[t + cn]
-        torch.mul(g[:, 4 * H: 6 * H], C[t + cp], out=c)  # f * C_{t-1}
-        c.addcmul_(g[:, 2 * H: 4 * H], g[:, 6 * H:])  # + i * g
-        torch.tanh(c, out=tmp)
-        tmp.mul_(g[:, : 2 * H])  # o * tanh(C) per path
-        h = torch.add(tmp[:, :H], tmp[:, H:], out=Y[t])  # h = Uo*tanh(UC) + Lo*tanh(LC)
+    for t in _steps(T, reverse):
+        h = _step(G[t], h, w_hh_t, C[t + cp], C[t + cn], tmp, Y[t])
     return Y, h, C[0 if reverse else T], G, C
+
+
+def _project(x: Tensor, w_ih: Tensor, b: Tensor | None, out: Tensor) -> None:
+    """``out = x W_ih^T + b`` as one GEMM; ``x`` (n, B, I), ``out`` (n, B, 8H)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out2 = out.view(x2.shape[0], -1)
+    if b is None:
+        torch.mm(x2, w_ih.t(), out=out2)
+    else:
+        torch.addmm(b, x2, w_ih.t(), out=out2)
+
+
+def _forward_infer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None,
+                   reverse: bool):
+    """Forward without autograd: the input projection in chunks of steps into one reused buffer."""
+    T, B, _ = x.shape
+    H = h0.shape[-1]
+    n = max(1, min(T, _INFER_ROWS // B))
+    G = torch.empty(n, B, 8 * H, dtype=x.dtype, device=x.device)  # (n, B, 8H)
+    Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+    c = c0.clone()  # (B, 2H), updated in place
+    tmp = torch.empty(B, 2 * H, dtype=x.dtype, device=x.device)
+    w_hh_t = w_hh.t()
+    h = h0
+    starts = range(0, T, n)
+    for s in (reversed(starts) if reverse else starts):
+        e = min(s + n, T)
+        _project(x[s:e], w_ih, b, G[: e - s])
+        for t in _steps(e - s, reverse):
+            h = _step(G[t], h, w_hh_t, c, c, tmp, Y[s + t])
+    return Y, h.clone(), c
 
 
 class CerebralFusedFunction(torch.autograd.Function):
@@ -83,7 +125,7 @@ class CerebralFusedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b, reverse: bool):
-        Y, h_n, c_n, G, C = _forward(x, h0, c0, w_ih, w_hh, b, reverse)
+        Y, h_n, c_n, G, C = _forward_train(x, h0, c0, w_ih, w_hh, b, reverse)
         ctx.reverse = reverse
         ctx.has_bias = b is not None
         ctx.G, ctx.C = G, C  # intermediates, used once by backward
@@ -95,36 +137,29 @@ class CerebralFusedFunction(torch.autograd.Function):
     def backward(ctx, dY, dh_n, dc_n):
         x, h0, w_ih, w_hh, Y = ctx.saved_tensors
         G, C = ctx.G, ctx.C
-        if G is None:
-            raise RuntimeError("CerebralFusedFunction: backward called twice (use the 'reference' or 'lstm2h' "
-                               "backend for retain_graph=True)")
-        ctx.G = ctx.C = None
         reverse = ctx.reverse
         T, B, I = x.shape
         H = h0.shape[-1]
         H2 = 2 * H
-        o, i, f, g = G[..., :H2], G[..., H2:2 * H2], G[..., 2 * H2:3 * H2], G[..., 3 * H2:]  # (T, B, 2H)
+        o, i, f, s_g = G[..., :H2], G[..., H2:2 * H2], G[..., 2 * H2:3 * H2], G[..., 3 * H2:]  # (T, B, 2H)
         Cn, Cp = (C[:T], C[1:]) if reverse else (C[1:], C[:T])  # c_t, c_{t-1}   (T, B, 2H)
 
         # Factors of dG that do not depend on the incoming gradient, over all steps at once.
-        dG = torch.empty_like(G)  # (T, B, 8H)
-        torch.addcmul(G[..., : 3 * H2], G[..., : 3 * H2], G[..., : 3 * H2], value=-1,
-                      out=dG[..., : 3 * H2])  # s (1 - s) for o, i, f
-        K = torch.tanh(Cn)  # (T, B, 2H)
-        dG[..., :H2].mul_(K)  # o' tanh(C)
-        dG[..., H2:2 * H2].mul_(g)  # i' g
+        dG = torch.addcmul(G, G, G, value=-1.0)  # s (1 - s)   (T, B, 8H)
+        K = torch.mul(s_g, 2.0).sub_(1.0)  # tanh(a_g)   (T, B, 2H)
+        dG[..., H2:2 * H2].mul_(K)  # i' tanh(a_g)
         dG[..., 2 * H2:3 * H2].mul_(Cp)  # f' C_{t-1}
-        dGg = dG[..., 3 * H2:]
-        torch.mul(g, g, out=dGg)
-        torch.addcmul(i, i, dGg, value=-1, out=dGg)  # i (1 - g^2)
+        dG[..., 3 * H2:].mul_(i).mul_(2.0)  # i d tanh(a_g)/d(2 a_g)
+        torch.mul(Cn, 2.0, out=K).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(C_t)
+        dG[..., :H2].mul_(K)  # o' tanh(C)
         K.mul_(K)
-        torch.addcmul(o, o, K, value=-1, out=K)  # o (1 - tanh^2 C): dC from dh
+        torch.addcmul(o, o, K, value=-1.0, out=K)  # o (1 - tanh^2 C): dC_t per unit dh_t
 
+        dY = dY.contiguous()  # an expanded gradient (loss = y.sum()) would be copied at every step
         dh = dh_n.clone()  # (B, H)
         dc = dc_n.clone()  # (B, 2H)
-        order = range(T) if reverse else range(T - 1, -1, -1)
         t_next = None
-        for t in order:
+        for t in _steps(T, not reverse):
             if t_next is None:
                 dh.add_(dY[t])
             else:
@@ -169,16 +204,22 @@ class FusedBackend:
 
     def forward_layer(self, x, h0, c0, weights, batch_sizes):
         H = h0.shape[-1]
-        order = fused_gate_order(H, x.device)
+        order, scale = fused_gate_order(H, x.device, x.dtype)
         x = x.contiguous()
+        grad = torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or c0.requires_grad or any(
+            w is not None and w.requires_grad for ws in weights for w in ws))
         ys, hs, cs = [], [], []
         for d, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-            biases = [bb for bb in (b_ih, b_hh) if bb is not None]
+            w_ih = w_ih.index_select(0, order) * scale[:, None]  # (8H, I) in the call's layout
+            w_hh = w_hh.index_select(0, order) * scale[:, None]  # (8H, H)
             b = None
+            biases = [bb for bb in (b_ih, b_hh) if bb is not None]
             if biases:
-                b = (biases[0] + biases[1] if len(biases) == 2 else biases[0]).index_select(0, order)
-            y, h_n, c_n = CerebralFusedFunction.apply(x, h0[d], c0[d], w_ih.index_select(0, order),
-                                                       w_hh.index_select(0, order), b, d == 1)
+                b = (biases[0] + biases[1] if len(biases) == 2 else biases[0]).index_select(0, order) * scale
+            if grad:
+                y, h_n, c_n = CerebralFusedFunction.apply(x, h0[d], c0[d], w_ih, w_hh, b, d == 1)
+            else:
+                y, h_n, c_n = _forward_infer(x, h0[d], c0[d], w_ih, w_hh, b, d == 1)
             ys.append(y)
             hs.append(h_n)
             cs.append(c_n)
