@@ -21,8 +21,8 @@ all steps at once (vectorised), so that the time loop only does one GEMM and fou
     dG_t   = [dh_t, dh_t | dC_t | dC_t | dC_t] * [o'tanh C | g i' | C_{t-1} f' | i g']   (' = derivative)
 
 and the weight gradients are one GEMM each over all steps: ``dW_ih = dG^T X``, ``dW_hh = dG^T H_prev``.
-Dense input only (a reverse direction walks the steps backwards); packed input, autocast and tracing/compiling
-are left to other backends (``supports`` says why).
+Dense input only (a reverse direction walks the steps backwards); packed input, autocast and ``torch.export``
+are left to other backends (``supports`` says why). Under ``torch.compile`` it runs eagerly behind a graph break.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from ._compile import exporting, run_eager_under_compile
 
 _DTYPES = (torch.float32, torch.float64)
 _CACHE: dict[tuple[int, str, torch.dtype], tuple[Tensor, Tensor]] = {}
@@ -198,11 +200,14 @@ class FusedBackend:
             return f"dtype {x.dtype} is not float32 or float64"
         if torch.is_autocast_enabled("cpu"):
             return "CPU autocast is enabled"
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-            return "tracing/compiling (torch.export, torch.compile, jit) does not see inside its time loop"
+        if exporting():
+            return "torch.export / jit tracing cannot record its custom autograd.Function"
         return None
 
     def forward_layer(self, x, h0, c0, weights, batch_sizes):
+        return run_eager_under_compile(self._forward_layer, x, h0, c0, weights)
+
+    def _forward_layer(self, x, h0, c0, weights):
         H = h0.shape[-1]
         order, scale = fused_gate_order(H, x.device, x.dtype)
         x = x.contiguous()

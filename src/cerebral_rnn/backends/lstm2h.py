@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._compile import run_eager_under_compile
+
 
 def _lstm2h_weights(*args, **kwargs):
     # Imported lazily: convert imports layers, which imports the backends package.
@@ -35,6 +37,9 @@ class LSTM2HBackend:
         return None
 
     def forward_layer(self, x, h0, c0, weights, batch_sizes):
+        return run_eager_under_compile(self._forward_layer, x, h0, c0, weights, batch_sizes)
+
+    def _forward_layer(self, x, h0, c0, weights, batch_sizes):
         H = h0.shape[-1]
         D = len(weights)
         has_biases = weights[0][2] is not None
