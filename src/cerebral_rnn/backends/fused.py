@@ -7,9 +7,12 @@ Per direction, forward:
 * the pointwise part (Kumar 2020, eqs. 1-11) in a handful of in-place passes.
 
 Inside the call the gate rows are reordered (a copy of the weights, never the stored parameters) to
-``[o_U o_L | i_U i_L | f_U f_L | g_U g_L]``, so that one ``sigmoid_`` covers the 6H sigmoid gates, one ``tanh_``
-the 2H candidate gates, and the 2H-wide ``i, f, g`` of both paths line up with the cell state ``[UC | LC]``:
-``C_t = f * C_{t-1} + i * g`` is one pass over both paths, and ``h_t = (o * tanh(C_t))`` summed over the paths.
+``[o_U o_L | i_U i_L | f_U f_L | g_U g_L]``, and the candidate rows ``g`` are scaled by 2, so that one
+``sigmoid_`` covers all 8H gates (``tanh(a) = 2 sigmoid(2a) - 1``; torch's CPU tanh is ~5x slower than its
+sigmoid), and the 2H-wide ``i, f, g`` of both paths line up with the cell state ``[UC | LC]``:
+``C_t = f * C_{t-1} + i * tanh(a_g)`` is one pass over both paths. The cell state is carried as ``S = -2 C``
+(exact, a power of two), so that ``o * tanh(C) = o - 2 o sigmoid(S)`` needs no tanh either; ``h_t`` sums the
+two paths. A step is 8 ops: the GEMM and 7 pointwise passes.
 
 Backward: every factor of the gate gradients that does not depend on the incoming gradient is computed over
 all steps at once (vectorised), so that the time loop only does one GEMM and four small in-place passes:
@@ -20,7 +23,7 @@ all steps at once (vectorised), so that the time loop only does one GEMM and fou
     dC_t   = dC_{t+1} * f_{t+1} + [dh_t, dh_t] * o_t (1 - tanh^2 C_t)
     dG_t   = [dh_t, dh_t | dC_t | dC_t | dC_t] * [o'tanh C | g i' | C_{t-1} f' | i g']   (' = derivative)
 
-and the weight gradients are one GEMM each over all steps: ``dW_ih = dG^T X``, ``dW_hh = dG^T H_prev``.
+and the weight gradients are one GEMM over all steps: ``[dW_ih | dW_hh] = dG^T [X | H_prev]``.
 Dense input only (a reverse direction walks the steps backwards); packed input, autocast and ``torch.export``
 are left to other backends (``supports`` says why). Under ``torch.compile`` it runs eagerly behind a graph break.
 """
@@ -53,19 +56,22 @@ def fused_gate_order(hidden_size: int, device=None, dtype=torch.float32) -> tupl
     return hit
 
 
-def _step(g: Tensor, h: Tensor, w_hh_t: Tensor, c_prev: Tensor, c: Tensor, tmp: Tensor, y: Tensor) -> Tensor:
-    """One step, in place. ``g`` (B, 8H): input projection in, sigmoid activations out (layout o, i, f, g; the
-    g rows are pre-scaled by 2 so that ``2 s_g - 1 = tanh(a_g)``). Writes ``c`` (B, 2H) and ``y`` (B, H)."""
-    H2 = c.shape[-1]
+def _step(g: Tensor, h: Tensor, w_hh_t: Tensor, s_prev: Tensor, s: Tensor, tmp: Tensor, y: Tensor) -> Tensor:
+    """One step, in place, in 8 ops. ``g`` (B, 8H): input projection in, sigmoid activations out (layout o, i, f,
+    g; the g rows are pre-scaled by 2 so that ``2 sigmoid - 1 = tanh(a_g)``). The cell state is carried as
+    ``S = -2 C`` (exact: a power of two), so that ``sigmoid(S) = sigmoid(-2C)`` and
+    ``tanh(C) = 1 - 2 sigmoid(-2C)``: no tanh at all (it is ~5x slower than sigmoid on the CPU). Writes ``s``
+    (B, 2H) and ``y`` (B, H)."""
+    H2 = s.shape[-1]
     H = H2 // 2
     g.addmm_(h, w_hh_t)
-    g.sigmoid_()  # one pass over all 8H gates (tanh is ~5x slower than sigmoid on the CPU)
+    g.sigmoid_()  # one pass over all 8H gates
     o, i, f, s_g = g[:, :H2], g[:, H2:2 * H2], g[:, 2 * H2:3 * H2], g[:, 3 * H2:]
-    torch.mul(f, c_prev, out=c)  # C = f * C(t-1)  ...
-    c.addcmul_(i, s_g, value=2.0).sub_(i)  # ... + i * tanh(a_g), both paths at once
-    torch.add(c, c, out=tmp).sigmoid_()  # sigmoid(2C)
-    torch.addcmul(o, o, tmp, value=-2.0, out=tmp)  # -o * tanh(C) = o - 2 o sigmoid(2C)
-    return torch.add(tmp[:, :H], tmp[:, H:], out=y).neg_()  # h = Uo*tanh(UC) + Lo*tanh(LC)
+    torch.mul(f, s_prev, out=s)  # -2 [f * C(t-1)  ...
+    s.addcmul_(i, s_g, value=-4.0).add_(i, alpha=2.0)  # ... + i * (2 s_g - 1)], both paths at once
+    torch.sigmoid(s, out=tmp)  # sigmoid(-2C)
+    torch.addcmul(o, o, tmp, value=-2.0, out=tmp)  # o * tanh(C) = o - 2 o sigmoid(-2C)
+    return torch.add(tmp[:, :H], tmp[:, H:], out=y)  # h = Uo*tanh(UC) + Lo*tanh(LC)
 
 
 def _steps(T: int, reverse: bool) -> range:
@@ -74,21 +80,21 @@ def _steps(T: int, reverse: bool) -> range:
 
 def _forward_train(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None,
                    reverse: bool):
-    """Forward keeping what backward needs: returns y (T, B, H), h_n, c_n, G (activations), C (with c_0)."""
+    """Forward keeping what backward needs: returns y (T, B, H), h_n, c_n, G (activations), S = -2 C."""
     T, B, I = x.shape
     H = h0.shape[-1]
     G = torch.empty(T, B, 8 * H, dtype=x.dtype, device=x.device)  # (T, B, 8H)
     _project(x, w_ih, b, G)
-    C = torch.empty(T + 1, B, 2 * H, dtype=x.dtype, device=x.device)  # (T+1, B, 2H), c_0 at one end
+    S = torch.empty(T + 1, B, 2 * H, dtype=x.dtype, device=x.device)  # (T+1, B, 2H): -2 C, c_0 at one end
     Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)  # (T, B, H)
     tmp = torch.empty(B, 2 * H, dtype=x.dtype, device=x.device)
     w_hh_t = w_hh.t()  # (H, 8H)
-    cn, cp = (0, 1) if reverse else (1, 0)  # c_t = C[t + cn], c_{t-1} = C[t + cp]
-    C[T if reverse else 0] = c0
+    cn, cp = (0, 1) if reverse else (1, 0)  # c_t = S[t + cn] / -2, c_{t-1} = S[t + cp] / -2
+    torch.mul(c0, -2.0, out=S[T if reverse else 0])
     h = h0
     for t in _steps(T, reverse):
-        h = _step(G[t], h, w_hh_t, C[t + cp], C[t + cn], tmp, Y[t])
-    return Y, h, C[0 if reverse else T], G, C
+        h = _step(G[t], h, w_hh_t, S[t + cp], S[t + cn], tmp, Y[t])
+    return Y, h, S[0 if reverse else T] * -0.5, G, S
 
 
 def _project(x: Tensor, w_ih: Tensor, b: Tensor | None, out: Tensor) -> None:
@@ -109,7 +115,7 @@ def _forward_infer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor
     n = max(1, min(T, _INFER_ROWS // B))
     G = torch.empty(n, B, 8 * H, dtype=x.dtype, device=x.device)  # (n, B, 8H)
     Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
-    c = c0.clone()  # (B, 2H), updated in place
+    s_c = c0 * -2.0  # (B, 2H): -2 C, updated in place
     tmp = torch.empty(B, 2 * H, dtype=x.dtype, device=x.device)
     w_hh_t = w_hh.t()
     h = h0
@@ -118,8 +124,8 @@ def _forward_infer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor
         e = min(s + n, T)
         _project(x[s:e], w_ih, b, G[: e - s])
         for t in _steps(e - s, reverse):
-            h = _step(G[t], h, w_hh_t, c, c, tmp, Y[s + t])
-    return Y, h.clone(), c
+            h = _step(G[t], h, w_hh_t, s_c, s_c, tmp, Y[s + t])
+    return Y, h.clone(), s_c.mul_(-0.5)
 
 
 class CerebralFusedFunction(torch.autograd.Function):
@@ -127,32 +133,32 @@ class CerebralFusedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b, reverse: bool):
-        Y, h_n, c_n, G, C = _forward_train(x, h0, c0, w_ih, w_hh, b, reverse)
+        Y, h_n, c_n, G, S = _forward_train(x, h0, c0, w_ih, w_hh, b, reverse)
         ctx.reverse = reverse
         ctx.has_bias = b is not None
-        ctx.G, ctx.C = G, C  # intermediates, used once by backward
+        ctx.G, ctx.S = G, S  # intermediates (not inputs or outputs) for backward
         ctx.save_for_backward(x, h0, w_ih, w_hh, Y)
-        return Y, h_n.clone(), c_n.clone()
+        return Y, h_n.clone(), c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dY, dh_n, dc_n):
         x, h0, w_ih, w_hh, Y = ctx.saved_tensors
-        G, C = ctx.G, ctx.C
+        G, S = ctx.G, ctx.S
         reverse = ctx.reverse
         T, B, I = x.shape
         H = h0.shape[-1]
         H2 = 2 * H
         o, i, f, s_g = G[..., :H2], G[..., H2:2 * H2], G[..., 2 * H2:3 * H2], G[..., 3 * H2:]  # (T, B, 2H)
-        Cn, Cp = (C[:T], C[1:]) if reverse else (C[1:], C[:T])  # c_t, c_{t-1}   (T, B, 2H)
+        Sn, Sp = (S[:T], S[1:]) if reverse else (S[1:], S[:T])  # -2 c_t, -2 c_{t-1}   (T, B, 2H)
 
         # Factors of dG that do not depend on the incoming gradient, over all steps at once.
         dG = torch.addcmul(G, G, G, value=-1.0)  # s (1 - s)   (T, B, 8H)
         K = torch.mul(s_g, 2.0).sub_(1.0)  # tanh(a_g)   (T, B, 2H)
         dG[..., H2:2 * H2].mul_(K)  # i' tanh(a_g)
-        dG[..., 2 * H2:3 * H2].mul_(Cp)  # f' C_{t-1}
+        dG[..., 2 * H2:3 * H2].mul_(Sp).mul_(-0.5)  # f' C_{t-1}
         dG[..., 3 * H2:].mul_(i).mul_(2.0)  # i d tanh(a_g)/d(2 a_g)
-        torch.mul(Cn, 2.0, out=K).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(C_t)
+        torch.sigmoid(Sn, out=K).mul_(-2.0).add_(1.0)  # tanh(C_t) = 1 - 2 sigmoid(-2 C_t)
         dG[..., :H2].mul_(K)  # o' tanh(C)
         K.mul_(K)
         torch.addcmul(o, o, K, value=-1.0, out=K)  # o (1 - tanh^2 C): dC_t per unit dh_t
@@ -177,11 +183,16 @@ class CerebralFusedFunction(torch.autograd.Function):
 
         dG2 = dG.view(T * B, 8 * H)
         dx = torch.mm(dG2, w_ih).view(T, B, I) if needs[0] else None
-        dw_ih = torch.mm(dG2.t(), x.reshape(T * B, I)) if needs[3] else None
-        dw_hh = None
+        dw_ih = dw_hh = None
         if needs[4]:
             h_prev = torch.cat([Y[1:], h0.unsqueeze(0)]) if reverse else torch.cat([h0.unsqueeze(0), Y[:-1]])
-            dw_hh = torch.mm(dG2.t(), h_prev.view(T * B, H))
+            if needs[3]:  # both weight gradients in one GEMM over all steps: dG^T [X | H_prev]
+                dw = torch.mm(dG2.t(), torch.cat([x, h_prev], dim=-1).view(T * B, I + H))
+                dw_ih, dw_hh = dw[:, :I], dw[:, I:]
+            else:
+                dw_hh = torch.mm(dG2.t(), h_prev.view(T * B, H))
+        elif needs[3]:
+            dw_ih = torch.mm(dG2.t(), x.reshape(T * B, I))
         db = dG2.sum(0) if ctx.has_bias and needs[5] else None
         return dx, dh0, dc0, dw_ih, dw_hh, db, None
 
