@@ -6,13 +6,19 @@ import torch
 from torch import nn
 
 from cerebral_rnn import CerebralLSTM
+from cerebral_rnn.backends import FUSED_MIN_WORK_INFER, FUSED_MIN_WORK_TRAIN
+
+
+H = 64
+B_INFER = FUSED_MIN_WORK_INFER // H  # batches at which eager "auto" picks "fused"
+B_TRAIN = FUSED_MIN_WORK_TRAIN // H
 
 
 class Tagger(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.rnn = CerebralLSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True)
-        self.head = nn.Linear(12, 3)
+        self.rnn = CerebralLSTM(4, H, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(2 * H, 3)
 
     def forward(self, x):
         y, (h_n, c_n) = self.rnn(x)
@@ -31,7 +37,7 @@ def _reference(model: Tagger, x):
 def test_torch_export_matches_eager():
     torch.manual_seed(0)
     model = Tagger().eval()
-    x = torch.randn(20, 7, 4)  # batch 20: eager "auto" would pick "fused", which export cannot record
+    x = torch.randn(B_INFER, 5, 4)  # eager "auto" picks "fused" here, which export cannot record
     program = torch.export.export(model, (x,))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any("lstm" in t for t in targets), targets  # identity A: one aten.lstm per layer
@@ -49,7 +55,7 @@ def test_torch_compile_matches_reference_forward_and_backward():
     torch.manual_seed(0)
     model = Tagger().train()
     compiled = torch.compile(model)
-    x = torch.randn(20, 7, 4)
+    x = torch.randn(B_TRAIN, 5, 4)
     out, c_n = compiled(x)
     assert model.rnn.last_backend == "fused"  # runs eagerly behind a graph break
     (out.square().sum() + c_n.sum()).backward()

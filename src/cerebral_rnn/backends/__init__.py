@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from . import fused, lstm2h, reference
@@ -60,21 +61,31 @@ def get_backend(name: str) -> str:
     return name
 
 
-# Below this batch size "lstm2h" (torch's fused LSTM op, twice the recurrent FLOPs but no per-step Python)
-# beats "fused" (native 8H x H recurrence, ~10 small ops per step) on the CPU; measured with
-# benchmarks/speed.py on a 2-core CPU (docs/fast-path.md).
-_FUSED_MIN_BATCH = 16
+# "fused" (native 8H x H recurrence, 8 small ops per step) beats "lstm2h" (torch's fused LSTM op: twice the
+# recurrent FLOPs, no per-step Python) on the CPU once a step has enough work, batch x hidden_size elements:
+# sooner in training (its hand-written backward is lean) than in inference (oneDNN's inference kernel is very
+# fast). Measured with benchmarks/speed.py on a 2-core CPU, torch 2.13 (docs/fast-path.md).
+FUSED_MIN_WORK_TRAIN = 4096  # e.g. B >= 32 at H = 128
+FUSED_MIN_WORK_INFER = 16384  # e.g. B >= 128 at H = 128, B >= 32 at H = 512
 
 
-def _auto_order(x: Tensor) -> list[str]:
-    """Backends tried by ``"auto"``, best first, for this device and shape.
+def _needs_grad(x: Tensor, weights) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(
+        w is not None and w.requires_grad for ws in weights for w in ws))
 
-    CUDA: ``lstm2h`` (cuDNN). CPU: ``fused`` for dense input of batch >= 16, else ``lstm2h`` first. Each
-    backend's ``supports`` then rules out what it cannot compute exactly (``fused``: packed input, dtypes other
-    than float32/float64, autocast, tracing/compiling), and ``reference`` takes everything else.
+
+def _auto_order(x: Tensor, weights) -> list[str]:
+    """Backends tried by ``"auto"``, best first, for this device, shape and grad mode.
+
+    CUDA: ``lstm2h`` (cuDNN). CPU, dense input: ``fused`` first when batch x hidden_size reaches
+    ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or ``FUSED_MIN_WORK_INFER`` (inference), else ``lstm2h``
+    first. Each backend's ``supports`` then rules out what it cannot compute exactly (``fused``: packed input,
+    dtypes other than float32/float64, autocast, ``torch.export``), and ``reference`` takes everything else.
     """
-    if x.device.type == "cpu" and x.dim() == 3 and x.shape[1] >= _FUSED_MIN_BATCH:
-        return ["fused", "lstm2h", "reference"]
+    if x.device.type == "cpu" and x.dim() == 3:
+        work = x.shape[1] * weights[0][1].shape[1]  # B x H
+        if work >= (FUSED_MIN_WORK_TRAIN if _needs_grad(x, weights) else FUSED_MIN_WORK_INFER):
+            return ["fused", "lstm2h", "reference"]
     return ["lstm2h", "fused", "reference"]
 
 
@@ -87,7 +98,7 @@ def select_backend(name: str, x: Tensor, batch_sizes: Tensor | None, weights, tr
         if reason is not None:
             raise ValueError(f"backend={name!r} cannot run this input: {reason}; use backend='auto' or 'reference'")
         return backend
-    for candidate in _auto_order(x):
+    for candidate in _auto_order(x, weights):
         backend = BACKENDS[candidate]
         if backend.supports(x, batch_sizes, weights, training) is None:
             return backend

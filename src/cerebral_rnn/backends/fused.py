@@ -56,7 +56,36 @@ def fused_gate_order(hidden_size: int, device=None, dtype=torch.float32) -> tupl
     return hit
 
 
-def _step(g: Tensor, h: Tensor, w_hh_t: Tensor, s_prev: Tensor, s: Tensor, tmp: Tensor, y: Tensor) -> Tensor:
+class _MatmulAdd:
+    """``x @ weight.T + add`` for a weight used at every step: oneDNN with the weight packed once per call
+    (``torch.ops.mkldnn._linear_pointwise``, the op inductor uses; up to 1.5x faster than ``addmm`` at H=512
+    on our CPU), or ``torch.addmm`` where oneDNN is unavailable (float64, builds without it, or if the op
+    fails)."""
+
+    _mkldnn_ok: bool | None = None  # None: not tried yet in this process
+
+    def __init__(self, weight: Tensor, rows: int) -> None:
+        self.weight = weight  # (out, in)
+        self.packed = None
+        if (weight.dtype == torch.float32 and weight.device.type == "cpu" and _MatmulAdd._mkldnn_ok is not False
+                and torch.backends.mkldnn.is_available()):
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+                probe = torch.zeros(rows, weight.shape[1], dtype=weight.dtype)
+                torch.ops.mkldnn._linear_pointwise.binary(probe, torch.zeros(rows, weight.shape[0]), self.packed,
+                                                          None, "add")
+                _MatmulAdd._mkldnn_ok = True
+            except (RuntimeError, AttributeError, NotImplementedError):
+                _MatmulAdd._mkldnn_ok = False
+                self.packed = None
+
+    def __call__(self, x: Tensor, add: Tensor) -> Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, add, self.packed, None, "add")
+        return torch.addmm(add, x, self.weight.t())
+
+
+def _step(g: Tensor, h: Tensor, mm: _MatmulAdd, s_prev: Tensor, s: Tensor, tmp: Tensor, y: Tensor) -> Tensor:
     """One step, in place, in 8 ops. ``g`` (B, 8H): input projection in, sigmoid activations out (layout o, i, f,
     g; the g rows are pre-scaled by 2 so that ``2 sigmoid - 1 = tanh(a_g)``). The cell state is carried as
     ``S = -2 C`` (exact: a power of two), so that ``sigmoid(S) = sigmoid(-2C)`` and
@@ -64,8 +93,7 @@ def _step(g: Tensor, h: Tensor, w_hh_t: Tensor, s_prev: Tensor, s: Tensor, tmp: 
     (B, 2H) and ``y`` (B, H)."""
     H2 = s.shape[-1]
     H = H2 // 2
-    g.addmm_(h, w_hh_t)
-    g.sigmoid_()  # one pass over all 8H gates
+    torch.sigmoid(mm(h, g), out=g)  # g + h W_hh^T, then one pass over all 8H gates
     o, i, f, s_g = g[:, :H2], g[:, H2:2 * H2], g[:, 2 * H2:3 * H2], g[:, 3 * H2:]
     torch.mul(f, s_prev, out=s)  # -2 [f * C(t-1)  ...
     s.addcmul_(i, s_g, value=-4.0).add_(i, alpha=2.0)  # ... + i * (2 s_g - 1)], both paths at once
@@ -88,12 +116,12 @@ def _forward_train(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor
     S = torch.empty(T + 1, B, 2 * H, dtype=x.dtype, device=x.device)  # (T+1, B, 2H): -2 C, c_0 at one end
     Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)  # (T, B, H)
     tmp = torch.empty(B, 2 * H, dtype=x.dtype, device=x.device)
-    w_hh_t = w_hh.t()  # (H, 8H)
+    mm = _MatmulAdd(w_hh, B)
     cn, cp = (0, 1) if reverse else (1, 0)  # c_t = S[t + cn] / -2, c_{t-1} = S[t + cp] / -2
     torch.mul(c0, -2.0, out=S[T if reverse else 0])
     h = h0
     for t in _steps(T, reverse):
-        h = _step(G[t], h, w_hh_t, S[t + cp], S[t + cn], tmp, Y[t])
+        h = _step(G[t], h, mm, S[t + cp], S[t + cn], tmp, Y[t])
     return Y, h, S[0 if reverse else T] * -0.5, G, S
 
 
@@ -117,14 +145,14 @@ def _forward_infer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor
     Y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
     s_c = c0 * -2.0  # (B, 2H): -2 C, updated in place
     tmp = torch.empty(B, 2 * H, dtype=x.dtype, device=x.device)
-    w_hh_t = w_hh.t()
+    mm = _MatmulAdd(w_hh, B)
     h = h0
     starts = range(0, T, n)
     for s in (reversed(starts) if reverse else starts):
         e = min(s + n, T)
         _project(x[s:e], w_ih, b, G[: e - s])
         for t in _steps(e - s, reverse):
-            h = _step(G[t], h, w_hh_t, s_c, s_c, tmp, Y[s + t])
+            h = _step(G[t], h, mm, s_c, s_c, tmp, Y[s + t])
     return Y, h.clone(), s_c.mul_(-0.5)
 
 
@@ -165,13 +193,14 @@ class CerebralFusedFunction(torch.autograd.Function):
 
         dY = dY.contiguous()  # an expanded gradient (loss = y.sum()) would be copied at every step
         dh = dh_n.clone()  # (B, H)
+        mm = _MatmulAdd(w_hh.t().contiguous(), B)  # dG_{t+1} W_hh
         dc = dc_n.clone()  # (B, 2H)
         t_next = None
         for t in _steps(T, not reverse):
             if t_next is None:
                 dh.add_(dY[t])
             else:
-                torch.addmm(dY[t], dG[t_next], w_hh, out=dh)  # dh_t = dy_t + dG_{t+1} W_hh
+                dh = mm(dG[t_next], dY[t])  # dh_t = dy_t + dG_{t+1} W_hh
                 dc.mul_(f[t_next])
             dc.view(B, 2, H).addcmul_(dh.unsqueeze(1), K[t].view(B, 2, H))
             dG[t, :, :H2].view(B, 2, H).mul_(dh.unsqueeze(1))
