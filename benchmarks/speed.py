@@ -47,7 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
-from cerebral_rnn import CerebralLSTM  # noqa: E402
+from cerebral_rnn import CerebralLSTM
 
 SHAPES = [(100, 64, 32, 128), (500, 32, 32, 128), (100, 8, 32, 128), (100, 1, 32, 128), (200, 128, 128, 256),
           (100, 64, 256, 512), (25, 64, 512, 512)]
@@ -60,7 +60,7 @@ BASELINE = "lstm"
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+                ["arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"]]
 
 
 def _malloc_in_use():
@@ -184,8 +184,8 @@ def run(shapes, repeats: int, device: str, threads: int) -> dict:
         torch.manual_seed(1)
         x = torch.randn(T, B, I, device=device)
         probes: dict = {}
-        train = time_models(models, lambda m: train_step(m, x, probes), repeats, device)
-        infer = time_models(models, lambda m: infer_step(m, x), repeats, device)
+        train = time_models(models, lambda m, x=x, probes=probes: train_step(m, x, probes), repeats, device)
+        infer = time_models(models, lambda m, x=x: infer_step(m, x), repeats, device)
         entry = {"shape": {"T": T, "B": B, "I": I, "H": H}, "models": {}, "ratios": {}}
         for name, m in models.items():
             entry["models"][name] = {
@@ -238,7 +238,7 @@ def print_shape(entry: dict, file=sys.stdout) -> None:
     for name, r in entry["models"].items():
         q = entry["ratios"][name]
         mem_ratio = "—" if q["memory"] is None else f"{q['memory']:.2f}"
-        print(f"  {name:<20} {str(r['backend']):<10} {r['params']:>9} {r['train_ms']:>10.2f} {q['train']:>7.2f} "
+        print(f"  {name:<20} {r['backend']!s:<10} {r['params']:>9} {r['train_ms']:>10.2f} {q['train']:>7.2f} "
               f"{r['infer_ms']:>10.2f} {q['infer']:>7.2f} {_fmt_mem(r['peak_train_bytes']):>9} {mem_ratio:>7}",
               file=file)
 

@@ -8,7 +8,6 @@ from torch import nn
 from cerebral_rnn import CerebralLSTM
 from cerebral_rnn.backends import FUSED_MIN_WORK_INFER, FUSED_MIN_WORK_TRAIN
 
-
 H = 64
 B_INFER = FUSED_MIN_WORK_INFER // H  # batches at which eager "auto" picks "fused"
 B_TRAIN = FUSED_MIN_WORK_TRAIN // H
@@ -21,7 +20,7 @@ class Tagger(nn.Module):
         self.head = nn.Linear(2 * H, 3)
 
     def forward(self, x):
-        y, (h_n, c_n) = self.rnn(x)
+        y, (_, c_n) = self.rnn(x)
         return self.head(y), c_n
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import fused, lstm2h, reference
 
-__all__ = ["Backend", "BACKENDS", "get_backend", "select_backend", "available_backends"]
+__all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "select_backend"]
 
 
 class Backend(Protocol):

@@ -109,7 +109,7 @@ def _steps(T: int, reverse: bool) -> range:
 def _forward_train(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None,
                    reverse: bool):
     """Forward keeping what backward needs: returns y (T, B, H), h_n, c_n, G (activations), S = -2 C."""
-    T, B, I = x.shape
+    T, B, _ = x.shape
     H = h0.shape[-1]
     G = torch.empty(T, B, 8 * H, dtype=x.dtype, device=x.device)  # (T, B, 8H)
     _project(x, w_ih, b, G)
