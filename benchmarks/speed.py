@@ -51,7 +51,7 @@ from cerebral_rnn import CerebralLSTM
 
 SHAPES = [(100, 64, 32, 128), (500, 32, 32, 128), (100, 8, 32, 128), (100, 1, 32, 128), (200, 128, 128, 256),
           (100, 64, 256, 512), (25, 64, 512, 512)]
-QUICK_SHAPES = [(6, 4, 3, 8), (5, 16, 3, 8)]
+QUICK_SHAPES = [(6, 4, 3, 8), (5, 64, 3, 64), (3, 256, 3, 64)]  # the last two run "fused" (train, infer)
 BASELINE = "lstm"
 
 
@@ -117,6 +117,11 @@ def build(I: int, H: int, device: str) -> dict[str, nn.Module]:
         "lstm-2layer": nn.LSTM(I, H, num_layers=2, device=device),
         "lstm-matched": nn.LSTM(I, matched_hidden(I, H), device=device),
     }
+
+
+def _backend(model: nn.Module) -> str | None:
+    """The backend that ran the model's last forward (CerebralLSTM.last_backend; "torch" for nn.LSTM)."""
+    return "torch" if isinstance(model, nn.LSTM) else getattr(model, "last_backend", None)
 
 
 def _sync(device: str) -> None:
@@ -185,14 +190,17 @@ def run(shapes, repeats: int, device: str, threads: int) -> dict:
         x = torch.randn(T, B, I, device=device)
         probes: dict = {}
         train = time_models(models, lambda m, x=x, probes=probes: train_step(m, x, probes), repeats, device)
+        train_backend = {name: _backend(m) for name, m in models.items()}
         infer = time_models(models, lambda m, x=x: infer_step(m, x), repeats, device)
+        infer_backend = {name: _backend(m) for name, m in models.items()}
         entry = {"shape": {"T": T, "B": B, "I": I, "H": H}, "models": {}, "ratios": {}}
         for name, m in models.items():
             entry["models"][name] = {
                 "params": sum(p.numel() for p in m.parameters()),
                 "hidden_size": m.hidden_size,
                 "num_layers": m.num_layers,
-                "backend": getattr(m, "last_backend", None) or ("torch" if isinstance(m, nn.LSTM) else None),
+                "train_backend": train_backend[name],
+                "infer_backend": infer_backend[name],
                 "train_ms": 1e3 * statistics.median(train[name]),
                 "infer_ms": 1e3 * statistics.median(infer[name]),
                 "train_ms_runs": [1e3 * t for t in train[name]],
@@ -233,12 +241,13 @@ def _fmt_mem(b) -> str:
 def print_shape(entry: dict, file=sys.stdout) -> None:
     s = entry["shape"]
     print(f"\nT={s['T']} B={s['B']} I={s['I']} H={s['H']}", file=file)
-    print(f"  {'model':<20} {'backend':<10} {'params':>9} {'train ms':>10} {'x lstm':>7} {'infer ms':>10} "
+    print(f"  {'model':<20} {'backend train/infer':<20} {'params':>9} {'train ms':>10} {'x lstm':>7} {'infer ms':>10} "
           f"{'x lstm':>7} {'mem MiB':>9} {'x lstm':>7}", file=file)
     for name, r in entry["models"].items():
         q = entry["ratios"][name]
         mem_ratio = "—" if q["memory"] is None else f"{q['memory']:.2f}"
-        print(f"  {name:<20} {r['backend']!s:<10} {r['params']:>9} {r['train_ms']:>10.2f} {q['train']:>7.2f} "
+        backends = f"{r['train_backend']}/{r['infer_backend']}"
+        print(f"  {name:<20} {backends:<20} {r['params']:>9} {r['train_ms']:>10.2f} {q['train']:>7.2f} "
               f"{r['infer_ms']:>10.2f} {q['infer']:>7.2f} {_fmt_mem(r['peak_train_bytes']):>9} {mem_ratio:>7}",
               file=file)
 
@@ -247,12 +256,12 @@ def summary(report: dict, file=sys.stdout) -> None:
     """The CerebralLSTM auto row of every shape, as a markdown table."""
     print(f"\n{report['device']} ({report['device_name']}), torch {report['torch']}, {report['threads']} threads, "
           f"median of {report['repeats']}; ratios to nn.LSTM(H)", file=file)
-    print("| T, B, I, H | backend | train ms | train × | infer ms | infer × | memory × |", file=file)
+    print("| T, B, I, H | backend train / infer | train ms | train × | infer ms | infer × | memory × |", file=file)
     print("|---|---|---|---|---|---|---|", file=file)
     for e in report["results"]:
         s, r, q = e["shape"], e["models"]["cerebral-auto"], e["ratios"]["cerebral-auto"]
         mem = "—" if q["memory"] is None else f"{q['memory']:.2f}"
-        print(f"| {s['T']}, {s['B']}, {s['I']}, {s['H']} | {r['backend']} | {r['train_ms']:.1f} | {q['train']:.2f} "
+        print(f"| {s['T']}, {s['B']}, {s['I']}, {s['H']} | {r['train_backend']} / {r['infer_backend']} | {r['train_ms']:.1f} | {q['train']:.2f} "
               f"| {r['infer_ms']:.1f} | {q['infer']:.2f} | {mem} |", file=file)
 
 

@@ -31,5 +31,7 @@ def test_speed_quick_writes_json(tmp_path):
             assert r["peak_train_bytes"] is None or r["peak_train_bytes"] > 0
             assert set(entry["ratios"][name]) == {"train", "infer", "memory"}
         assert entry["ratios"]["lstm"]["train"] == 1.0
-        assert entry["models"]["cerebral-auto"]["backend"] in {"lstm2h", "fused", "reference"}
-        assert entry["models"]["cerebral-reference"]["backend"] == "reference"
+        for mode in ("train_backend", "infer_backend"):
+            assert entry["models"]["cerebral-auto"][mode] in {"lstm2h", "fused", "reference"}
+            assert entry["models"]["cerebral-reference"][mode] == "reference"
+            assert entry["models"]["lstm"][mode] == "torch"
