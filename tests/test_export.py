@@ -65,4 +65,5 @@ def test_torch_compile_matches_reference_forward_and_backward():
     (out_ref.square().sum() + c_ref.sum()).backward()
     torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
     for n, p in model.named_parameters():
-        torch.testing.assert_close(got[n], p.grad, rtol=1e-5, atol=1e-5)
+        # float32 sums in a different order: 1e-5 relative to the gradient's largest entry
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-5, atol=1e-5 * p.grad.abs().max().item())

@@ -74,19 +74,29 @@ def _needs_grad(x: Tensor, weights) -> bool:
         w is not None and w.requires_grad for ws in weights for w in ws))
 
 
+# Identical paths (init="identical") must get bitwise identical gradients (DESIGN.md, symmetry). Vectorised
+# kernels round a value differently depending on where it sits relative to the SIMD width (a scalar tail, a
+# column reduction), so the two paths' rows must sit at offsets that are multiples of the widest vector,
+# 16 float32 (AVX-512). Measured: at hidden sizes 5, 13, 24, 40, "fused" (dense) or torch's packed LSTM kernel
+# (under "lstm2h") let identical paths drift apart by 1 ulp, then O(1) within 20 Adam steps; at multiples of 16
+# (16 to 128) they stayed bitwise identical. Those backends' ``supports`` refuse other sizes.
+PATH_ALIGN = 16
+
+
 def _auto_order(x: Tensor, weights) -> list[str]:
     """Backends tried by ``"auto"``, best first, for this device, shape and grad mode.
 
     CUDA: ``lstm2h`` (cuDNN). CPU, dense input: ``fused`` first when batch x hidden_size reaches
-    ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or ``FUSED_MIN_WORK_INFER`` (inference), else ``lstm2h``
-    first. Each backend's ``supports`` then rules out what it cannot compute exactly (``fused``: packed input,
-    dtypes other than float32/float64, autocast, ``torch.export``), and ``reference`` takes everything else.
+    ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or ``FUSED_MIN_WORK_INFER`` (inference), else ``lstm2h``.
+    Each backend's ``supports`` then rules out what it cannot compute exactly (``fused``: packed input, dtypes
+    other than float32/float64, autocast, ``torch.export``, hidden sizes not a multiple of ``PATH_ALIGN``;
+    ``lstm2h``: packed input on the CPU at such sizes), and ``reference`` takes everything else.
     """
     if x.device.type == "cpu" and x.dim() == 3:
         work = x.shape[1] * weights[0][1].shape[1]  # B x H
         if work >= (FUSED_MIN_WORK_TRAIN if _needs_grad(x, weights) else FUSED_MIN_WORK_INFER):
             return ["fused", "lstm2h", "reference"]
-    return ["lstm2h", "fused", "reference"]
+    return ["lstm2h", "reference"]
 
 
 def select_backend(name: str, x: Tensor, batch_sizes: Tensor | None, weights, training: bool) -> Backend:

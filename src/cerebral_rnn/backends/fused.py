@@ -212,17 +212,19 @@ class CerebralFusedFunction(torch.autograd.Function):
 
         dG2 = dG.view(T * B, 8 * H)
         dx = torch.mm(dG2, w_ih).view(T, B, I) if needs[0] else None
-        dw_ih = dw_hh = None
-        if needs[4]:
+        dw_ih = dw_hh = db = None
+        if needs[3] or needs[4] or (ctx.has_bias and needs[5]):
+            # All weight and bias gradients in one GEMM per path over all steps: dG_p^T [X | H_prev | 1]. One
+            # GEMM per path (same shapes, same kernel), not one over all 8H rows, so that identical paths get
+            # bitwise identical gradients (DESIGN.md, symmetry): a single GEMM/column sum rounds rows
+            # differently depending on their position.
             h_prev = torch.cat([Y[1:], h0.unsqueeze(0)]) if reverse else torch.cat([h0.unsqueeze(0), Y[:-1]])
-            if needs[3]:  # both weight gradients in one GEMM over all steps: dG^T [X | H_prev]
-                dw = torch.mm(dG2.t(), torch.cat([x, h_prev], dim=-1).view(T * B, I + H))
-                dw_ih, dw_hh = dw[:, :I], dw[:, I:]
-            else:
-                dw_hh = torch.mm(dG2.t(), h_prev.view(T * B, H))
-        elif needs[3]:
-            dw_ih = torch.mm(dG2.t(), x.reshape(T * B, I))
-        db = dG2.sum(0) if ctx.has_bias and needs[5] else None
+            xh1 = torch.cat([x, h_prev, torch.ones_like(h_prev[..., :1])], dim=-1).view(T * B, I + H + 1)
+            dGp = dG.view(T * B, 4, 2, H)  # gates o, i, f, g; paths U, L
+            dw = torch.stack([torch.mm(dGp[:, :, p].reshape(T * B, 4 * H).t(), xh1).view(4, H, I + H + 1)
+                              for p in range(2)], dim=1).view(8 * H, I + H + 1)
+            dw_ih, dw_hh, db = dw[:, :I], dw[:, I:I + H], dw[:, I + H]
+            db = db if ctx.has_bias else None
         return dx, dh0, dc0, dw_ih, dw_hh, db, None
 
 
@@ -240,6 +242,10 @@ class FusedBackend:
             return f"dtype {x.dtype} is not float32 or float64"
         if torch.is_autocast_enabled("cpu"):
             return "CPU autocast is enabled"
+        H = weights[0][1].shape[1]
+        if H % 16:
+            return (f"hidden_size {H} is not a multiple of 16: its vectorised kernels would round the two paths "
+                    "differently and break the bitwise symmetry of init='identical' (DESIGN.md)")
         if exporting():
             return "torch.export / jit tracing cannot record its custom autograd.Function"
         return None
