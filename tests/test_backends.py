@@ -363,7 +363,8 @@ def test_fused_gate_order_is_a_permutation():
     order, scale = fused.fused_gate_order(3)
     assert sorted(order.tolist()) == list(range(24))
     assert order[:3].tolist() == [9, 10, 11]  # upper o first
-    assert scale.tolist() == [1.0] * 18 + [2.0] * 6
+    assert order[12:15].tolist() == [21, 22, 23]  # then lower o
+    assert scale.tolist() == ([1.0] * 9 + [2.0] * 3) * 2  # candidate rows g of each path
 
 
 # ------------------------------------------------------------------------------------------------------------

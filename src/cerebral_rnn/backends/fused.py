@@ -42,16 +42,16 @@ _INFER_ROWS = 512  # rows (steps x batch) of the input projection per chunk in i
 
 
 def fused_gate_order(hidden_size: int, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
-    """Row indices taking stored rows (U i,f,g,o, L i,f,g,o) to the call's layout ``o_U o_L i_U i_L f_U f_L
-    g_U g_L``, and the row scale (1, or 2 for the candidate rows g: ``tanh(a) = 2 sigmoid(2a) - 1``)."""
+    """Row indices taking stored rows (U i,f,g,o, L i,f,g,o) to the call's layout ``U o,i,f,g, L o,i,f,g``, and
+    the row scale (1, or 2 for the candidate rows g: ``tanh(a) = 2 sigmoid(2a) - 1``)."""
     H = hidden_size
     key = (H, str(device), dtype)
     hit = _CACHE.get(key)
     if hit is None:
-        blocks = [path * 4 + gate for gate in (3, 0, 1, 2) for path in (0, 1)]  # gates o, i, f, g; paths U, L
+        blocks = [path * 4 + gate for path in (0, 1) for gate in (3, 0, 1, 2)]  # paths U, L; gates o, i, f, g
         order = torch.cat([torch.arange(H, device=device) + H * blk for blk in blocks])
         scale = torch.ones(8 * H, device=device, dtype=dtype)
-        scale[6 * H:] = 2.0
+        scale[3 * H:4 * H] = scale[7 * H:] = 2.0
         hit = _CACHE[key] = (order, scale)
     return hit
 
@@ -91,15 +91,17 @@ def _step(g: Tensor, h: Tensor, mm: _MatmulAdd, s_prev: Tensor, s: Tensor, tmp: 
     ``S = -2 C`` (exact: a power of two), so that ``sigmoid(S) = sigmoid(-2C)`` and
     ``tanh(C) = 1 - 2 sigmoid(-2C)``: no tanh at all (it is ~5x slower than sigmoid on the CPU). Writes ``s``
     (B, 2H) and ``y`` (B, H)."""
-    H2 = s.shape[-1]
+    B, H2 = s.shape
     H = H2 // 2
     torch.sigmoid(mm(h, g), out=g)  # g + h W_hh^T, then one pass over all 8H gates
-    o, i, f, s_g = g[:, :H2], g[:, H2:2 * H2], g[:, 2 * H2:3 * H2], g[:, 3 * H2:]
-    torch.mul(f, s_prev, out=s)  # -2 [f * C(t-1)  ...
-    s.addcmul_(i, s_g, value=-4.0).add_(i, alpha=2.0)  # ... + i * (2 s_g - 1)], both paths at once
+    gv = g.view(B, 2, 4, H)  # paths U, L; gates o, i, f, g
+    o, i, f, s_g = gv[:, :, 0], gv[:, :, 1], gv[:, :, 2], gv[:, :, 3]  # (B, 2, H) each
+    sv, tv = s.view(B, 2, H), tmp.view(B, 2, H)
+    torch.mul(f, s_prev.view(B, 2, H), out=sv)  # -2 [f * C(t-1)  ...
+    sv.addcmul_(i, s_g, value=-4.0).add_(i, alpha=2.0)  # ... + i * (2 s_g - 1)], both paths at once
     torch.sigmoid(s, out=tmp)  # sigmoid(-2C)
-    torch.addcmul(o, o, tmp, value=-2.0, out=tmp)  # o * tanh(C) = o - 2 o sigmoid(-2C)
-    return torch.add(tmp[:, :H], tmp[:, H:], out=y)  # h = Uo*tanh(UC) + Lo*tanh(LC)
+    torch.addcmul(o, o, tv, value=-2.0, out=tv)  # o * tanh(C) = o - 2 o sigmoid(-2C)
+    return torch.add(tv[:, 0], tv[:, 1], out=y)  # h = Uo*tanh(UC) + Lo*tanh(LC)
 
 
 def _steps(T: int, reverse: bool) -> range:
@@ -177,17 +179,20 @@ class CerebralFusedFunction(torch.autograd.Function):
         T, B, I = x.shape
         H = h0.shape[-1]
         H2 = 2 * H
-        o, i, f, s_g = G[..., :H2], G[..., H2:2 * H2], G[..., 2 * H2:3 * H2], G[..., 3 * H2:]  # (T, B, 2H)
+        Gv = G.view(T, B, 2, 4, H)  # paths U, L; gates o, i, f, g
+        o, i, f, s_g = Gv[..., 0, :], Gv[..., 1, :], Gv[..., 2, :], Gv[..., 3, :]  # (T, B, 2, H)
         Sn, Sp = (S[:T], S[1:]) if reverse else (S[1:], S[:T])  # -2 c_t, -2 c_{t-1}   (T, B, 2H)
+        Sn, Sp = Sn.view(T, B, 2, H), Sp.view(T, B, 2, H)
 
         # Factors of dG that do not depend on the incoming gradient, over all steps at once.
         dG = torch.addcmul(G, G, G, value=-1.0)  # s (1 - s)   (T, B, 8H)
-        K = torch.mul(s_g, 2.0).sub_(1.0)  # tanh(a_g)   (T, B, 2H)
-        dG[..., H2:2 * H2].mul_(K)  # i' tanh(a_g)
-        dG[..., 2 * H2:3 * H2].mul_(Sp).mul_(-0.5)  # f' C_{t-1}
-        dG[..., 3 * H2:].mul_(i).mul_(2.0)  # i d tanh(a_g)/d(2 a_g)
+        dGv = dG.view(T, B, 2, 4, H)
+        K = torch.mul(s_g, 2.0).sub_(1.0)  # tanh(a_g)   (T, B, 2, H)
+        dGv[..., 1, :].mul_(K)  # i' tanh(a_g)
+        dGv[..., 2, :].mul_(Sp).mul_(-0.5)  # f' C_{t-1}
+        dGv[..., 3, :].mul_(i).mul_(2.0)  # i d tanh(a_g)/d(2 a_g)
         torch.sigmoid(Sn, out=K).mul_(-2.0).add_(1.0)  # tanh(C_t) = 1 - 2 sigmoid(-2 C_t)
-        dG[..., :H2].mul_(K)  # o' tanh(C)
+        dGv[..., 0, :].mul_(K)  # o' tanh(C)
         K.mul_(K)
         torch.addcmul(o, o, K, value=-1.0, out=K)  # o (1 - tanh^2 C): dC_t per unit dh_t
 
@@ -195,20 +200,21 @@ class CerebralFusedFunction(torch.autograd.Function):
         dh = dh_n.clone()  # (B, H)
         mm = _MatmulAdd(w_hh.t().contiguous(), B)  # dG_{t+1} W_hh
         dc = dc_n.clone()  # (B, 2H)
+        dcv = dc.view(B, 2, H)
         t_next = None
         for t in _steps(T, not reverse):
             if t_next is None:
                 dh.add_(dY[t])
             else:
                 dh = mm(dG[t_next], dY[t])  # dh_t = dy_t + dG_{t+1} W_hh
-                dc.mul_(f[t_next])
-            dc.view(B, 2, H).addcmul_(dh.unsqueeze(1), K[t].view(B, 2, H))
-            dG[t, :, :H2].view(B, 2, H).mul_(dh.unsqueeze(1))
-            dG[t, :, H2:].view(B, 3, H2).mul_(dc.unsqueeze(1))
+                dcv.mul_(f[t_next])
+            dcv.addcmul_(dh.unsqueeze(1), K[t])
+            dGv[t, :, :, 0].mul_(dh.unsqueeze(1))  # (B, 2, H) * (B, 1, H)
+            dGv[t, :, :, 1:].mul_(dcv.unsqueeze(2))  # (B, 2, 3, H) * (B, 2, 1, H)
             t_next = t
         needs = ctx.needs_input_grad
         dh0 = torch.mm(dG[t_next], w_hh) if needs[1] else None
-        dc0 = dc.mul_(f[t_next]) if needs[2] else None
+        dc0 = dcv.mul_(f[t_next]).view(B, 2 * H) if needs[2] else None
 
         dG2 = dG.view(T * B, 8 * H)
         dx = torch.mm(dG2, w_ih).view(T, B, I) if needs[0] else None
@@ -220,9 +226,8 @@ class CerebralFusedFunction(torch.autograd.Function):
             # differently depending on their position.
             h_prev = torch.cat([Y[1:], h0.unsqueeze(0)]) if reverse else torch.cat([h0.unsqueeze(0), Y[:-1]])
             xh1 = torch.cat([x, h_prev, torch.ones_like(h_prev[..., :1])], dim=-1).view(T * B, I + H + 1)
-            dGp = dG.view(T * B, 4, 2, H)  # gates o, i, f, g; paths U, L
-            dw = torch.stack([torch.mm(dGp[:, :, p].reshape(T * B, 4 * H).t(), xh1).view(4, H, I + H + 1)
-                              for p in range(2)], dim=1).view(8 * H, I + H + 1)
+            dG2 = dG.view(T * B, 8 * H)
+            dw = torch.cat([torch.mm(dG2[:, p * 4 * H:(p + 1) * 4 * H].t(), xh1) for p in range(2)])
             dw_ih, dw_hh, db = dw[:, :I], dw[:, I:I + H], dw[:, I + H]
             db = db if ctx.has_bias else None
         return dx, dh0, dc0, dw_ih, dw_hh, db, None
