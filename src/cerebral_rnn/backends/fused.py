@@ -178,7 +178,6 @@ class CerebralFusedFunction(torch.autograd.Function):
         reverse = ctx.reverse
         T, B, I = x.shape
         H = h0.shape[-1]
-        H2 = 2 * H
         Gv = G.view(T, B, 2, 4, H)  # paths U, L; gates o, i, f, g
         o, i, f, s_g = Gv[..., 0, :], Gv[..., 1, :], Gv[..., 2, :], Gv[..., 3, :]  # (T, B, 2, H)
         Sn, Sp = (S[:T], S[1:]) if reverse else (S[1:], S[:T])  # -2 c_t, -2 c_{t-1}   (T, B, 2H)
