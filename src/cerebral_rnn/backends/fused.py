@@ -226,7 +226,9 @@ class CerebralFusedFunction(torch.autograd.Function):
             h_prev = torch.cat([Y[1:], h0.unsqueeze(0)]) if reverse else torch.cat([h0.unsqueeze(0), Y[:-1]])
             xh1 = torch.cat([x, h_prev, torch.ones_like(h_prev[..., :1])], dim=-1).view(T * B, I + H + 1)
             dG2 = dG.view(T * B, 8 * H)
-            dw = torch.cat([torch.mm(dG2[:, p * 4 * H:(p + 1) * 4 * H].t(), xh1) for p in range(2)])
+            dw = torch.empty(8 * H, I + H + 1, dtype=x.dtype, device=x.device)
+            for p in range(2):
+                torch.mm(dG2[:, p * 4 * H:(p + 1) * 4 * H].t(), xh1, out=dw[p * 4 * H:(p + 1) * 4 * H])
             dw_ih, dw_hh, db = dw[:, :I], dw[:, I:I + H], dw[:, I + H]
             db = db if ctx.has_bias else None
         return dx, dh0, dc0, dw_ih, dw_hh, db, None
