@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
-from . import reference
+from . import fused, lstm2h, reference
 
-__all__ = ["Backend", "BACKENDS", "get_backend", "select_backend", "available_backends"]
+__all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "select_backend"]
 
 
 class Backend(Protocol):
@@ -41,6 +42,8 @@ class Backend(Protocol):
 
 BACKENDS: dict[str, Backend] = {
     reference.BACKEND.name: reference.BACKEND,
+    lstm2h.BACKEND.name: lstm2h.BACKEND,
+    fused.BACKEND.name: fused.BACKEND,
 }
 
 
@@ -58,9 +61,42 @@ def get_backend(name: str) -> str:
     return name
 
 
-def _auto_order(x: Tensor) -> list[str]:
-    """Backends tried by ``"auto"``, best first, for this device and shape."""
-    return ["reference"]
+# "fused" (native 8H x H recurrence, 8 small ops per step) beats "lstm2h" (torch's fused LSTM op: twice the
+# recurrent FLOPs, no per-step Python) on the CPU once a step has enough work, batch x hidden_size elements:
+# sooner in training (its hand-written backward is lean) than in inference (oneDNN's inference kernel is very
+# fast). Measured with benchmarks/speed.py on a 2-core CPU, torch 2.13 (docs/fast-path.md).
+FUSED_MIN_WORK_TRAIN = 4096  # e.g. B >= 32 at H = 128
+FUSED_MIN_WORK_INFER = 16384  # e.g. B >= 128 at H = 128, B >= 32 at H = 512
+
+
+def _needs_grad(x: Tensor, weights) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(
+        w is not None and w.requires_grad for ws in weights for w in ws))
+
+
+# Identical paths (init="identical") must get bitwise identical gradients (DESIGN.md, symmetry). Vectorised
+# kernels round a value differently depending on where it sits relative to the SIMD width (a scalar tail, a
+# column reduction), so the two paths' rows must sit at offsets that are multiples of the widest vector,
+# 16 float32 (AVX-512). Measured: at hidden sizes 5, 13, 24, 40, "fused" (dense) or torch's packed LSTM kernel
+# (under "lstm2h") let identical paths drift apart by 1 ulp, then O(1) within 20 Adam steps; at multiples of 16
+# (16 to 128) they stayed bitwise identical. Those backends' ``supports`` refuse other sizes.
+PATH_ALIGN = 16
+
+
+def _auto_order(x: Tensor, weights) -> list[str]:
+    """Backends tried by ``"auto"``, best first, for this device, shape and grad mode.
+
+    CUDA: ``lstm2h`` (cuDNN). CPU, dense input: ``fused`` first when batch x hidden_size reaches
+    ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or ``FUSED_MIN_WORK_INFER`` (inference), else ``lstm2h``.
+    Each backend's ``supports`` then rules out what it cannot compute exactly (``fused``: packed input, dtypes
+    other than float32/float64, autocast, ``torch.export``, hidden sizes not a multiple of ``PATH_ALIGN``;
+    ``lstm2h``: packed input on the CPU at such sizes), and ``reference`` takes everything else.
+    """
+    if x.device.type == "cpu" and x.dim() == 3:
+        work = x.shape[1] * weights[0][1].shape[1]  # B x H
+        if work >= (FUSED_MIN_WORK_TRAIN if _needs_grad(x, weights) else FUSED_MIN_WORK_INFER):
+            return ["fused", "lstm2h", "reference"]
+    return ["lstm2h", "reference"]
 
 
 def select_backend(name: str, x: Tensor, batch_sizes: Tensor | None, weights, training: bool) -> Backend:
@@ -72,7 +108,7 @@ def select_backend(name: str, x: Tensor, batch_sizes: Tensor | None, weights, tr
         if reason is not None:
             raise ValueError(f"backend={name!r} cannot run this input: {reason}; use backend='auto' or 'reference'")
         return backend
-    for candidate in _auto_order(x):
+    for candidate in _auto_order(x, weights):
         backend = BACKENDS[candidate]
         if backend.supports(x, batch_sizes, weights, training) is None:
             return backend

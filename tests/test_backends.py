@@ -1,0 +1,419 @@
+"""Every fast backend against the ``reference`` backend (the time loop over cells.py's step functions).
+
+Outputs, final states and the gradients of the input, h_0, c_0 and every parameter are compared. The
+reference is independent of the code under test: a plain loop over ``cerebral_lstm_pointwise`` with autograd.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from cerebral_rnn import CerebralLSTM
+from cerebral_rnn.backends import (
+    BACKENDS,
+    FUSED_MIN_WORK_INFER,
+    FUSED_MIN_WORK_TRAIN,
+    available_backends,
+    fused,
+    lstm2h,
+)
+
+FAST = ["lstm2h", "fused"]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def run(module: CerebralLSTM, backend: str, x, hx=None, packed_lengths=None, seed: int = 0):
+    """One forward/backward with ``backend``; returns the outputs, states and every gradient, by name."""
+    module.backend = backend
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    if hx is not None:
+        hx = tuple(s.detach().clone().requires_grad_() for s in hx)
+    inp = x
+    if packed_lengths is not None:
+        inp = pack_padded_sequence(x, packed_lengths, batch_first=module.batch_first, enforce_sorted=False)
+    torch.manual_seed(seed)
+    out, (h_n, c_n) = module(inp, hx)
+    if packed_lengths is not None:
+        out, _ = pad_packed_sequence(out, batch_first=module.batch_first)
+    g = torch.Generator().manual_seed(1)
+    # A loss that weighs every output and both final states differently.
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
+    loss = loss + (h_n * torch.randn(h_n.shape, generator=g, dtype=out.dtype)).sum()
+    loss = loss + (c_n * torch.randn(c_n.shape, generator=g, dtype=out.dtype)).sum()
+    loss.backward()
+    res = {"output": out, "h_n": h_n, "c_n": c_n, "grad input": x.grad}
+    if hx is not None:
+        res["grad h_0"], res["grad c_0"] = hx[0].grad, hx[1].grad
+    for name, p in module.named_parameters():
+        res["grad " + name] = p.grad
+    res["backend"] = module.last_backend
+    return res
+
+
+def assert_rel(got: dict, want: dict, tol: float) -> None:
+    """Each tensor within ``tol`` of the reference, relative to the reference's largest magnitude."""
+    for key, ref in want.items():
+        if key == "backend":
+            continue
+        val = got[key]
+        assert val is not None and val.shape == ref.shape, key
+        scale = max(ref.abs().max().item(), 1e-3)
+        err = (val - ref).abs().max().item()
+        assert err <= tol * scale, f"{key}: max error {err:.3g} > {tol} x {scale:.3g}"
+
+
+def make(input_size=5, hidden_size=16, num_layers=1, dtype=torch.float32, seed=0, **kw) -> CerebralLSTM:
+    torch.manual_seed(seed)
+    return CerebralLSTM(input_size, hidden_size, num_layers, dtype=dtype, **kw)
+
+
+def states(m: CerebralLSTM, batch: int, seed: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    LD, H = m.num_layers * m.num_directions, m.hidden_size
+    dtype = m.weight_ih_l0.dtype
+    return (torch.randn(LD, batch, H, generator=g, dtype=dtype),
+            torch.randn(LD, batch, 2 * H, generator=g, dtype=dtype))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# float32, fixed cases: every backend to 1e-5 relative
+# ------------------------------------------------------------------------------------------------------------
+
+CASES = [
+    {"num_layers": 1},
+    {"num_layers": 2, "bidirectional": True},
+    {"num_layers": 2, "batch_first": True},
+    {"num_layers": 1, "bias": False, "bidirectional": True},
+]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("with_state", [False, True])
+def test_float32_matches_reference(backend, kw, with_state):
+    m = make(**kw)
+    T, B = 17, 20
+    x = torch.randn(B, T, 5) if m.batch_first else torch.randn(T, B, 5)
+    hx = states(m, B) if with_state else None
+    want = run(m, "reference", x, hx)
+    got = run(m, backend, x, hx)
+    assert got["backend"] == backend
+    assert_rel(got, want, 1e-5)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("T,B", [(40, 20), (3, 1), (700, 1)])  # inference projects in chunks of 512 rows
+def test_inference_matches_reference(backend, bidirectional, T, B):
+    m = make(num_layers=2, bidirectional=bidirectional).eval()
+    x = torch.randn(T, B, 5)
+    hx = states(m, B)
+    with torch.no_grad():
+        m.backend = "reference"
+        want = m(x, hx)
+        m.backend = backend
+        got = m(x, hx)
+    assert m.last_backend == backend
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        assert_rel({"t": a}, {"t": b}, 1e-5)
+
+
+def test_unbatched_input():
+    m = make(num_layers=2)
+    x = torch.randn(9, 5)
+    want = run(m, "reference", x)
+    for backend in FAST:
+        assert_rel(run(m, backend, x), want, 1e-5)
+
+
+def test_lstm2h_packed_matches_reference():
+    m = make(num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(4, 11, 5)
+    lengths = [11, 3, 7, 1]
+    hx = states(m, 4)
+    want = run(m, "reference", x, hx, packed_lengths=lengths)
+    got = run(m, "lstm2h", x, hx, packed_lengths=lengths)
+    assert_rel(got, want, 1e-5)
+
+
+def test_frozen_parameters_and_input_without_grad():
+    """Only some inputs need gradients: the Function must still give those right (needs_input_grad)."""
+    m = make(num_layers=2, bidirectional=True)
+    for name, p in m.named_parameters():
+        p.requires_grad_(name.endswith("_l1"))
+    x = torch.randn(12, 16, 5)
+    m.backend = "reference"
+    m(x)[0].pow(2).sum().backward()
+    want = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+    m.zero_grad(set_to_none=True)
+    m.backend = "fused"
+    m(x)[0].pow(2).sum().backward()
+    assert m.last_backend == "fused"
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            assert_rel({n: p.grad}, {n: want[n]}, 1e-5)
+        else:
+            assert p.grad is None
+
+
+def test_fused_backward_twice_with_retain_graph():
+    m = make()
+    x = torch.randn(8, 16, 5)
+    m.backend = "reference"
+    m(x)[0].sum().backward()
+    want = m.weight_hh_l0.grad.clone()
+    m.zero_grad(set_to_none=True)
+    m.backend = "fused"
+    y = m(x)[0].sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    assert_rel({"w": m.weight_hh_l0.grad}, {"w": 2 * want}, 1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# float64: gradcheck of each backend's layer function (all inputs and parameters at once)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _layer_inputs(D: int, bias: bool, T=4, B=3, I=3, H=2):
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.7).requires_grad_()
+
+    weights = [(r(8 * H, I), r(8 * H, H), r(8 * H) if bias else None, r(8 * H) if bias else None) for _ in range(D)]
+    return r(T, B, I), r(D, B, H), r(D, B, 2 * H), weights
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("D,bias", [(1, True), (2, True), (2, False)])
+def test_gradcheck_float64(backend, D, bias):
+    x, h0, c0, weights = _layer_inputs(D, bias)
+    flat = [w for ws in weights for w in ws if w is not None]
+    impl = BACKENDS[backend]
+
+    def fn(x, h0, c0, *flat):
+        it = iter(flat)
+        ws = [tuple(next(it) if w is not None else None for w in ws0) for ws0 in weights]
+        return impl.forward_layer(x, h0, c0, ws, None)
+
+    # The kernels are size-agnostic; supports() refuses H=2 only to keep init="identical" paths bitwise equal.
+    assert torch.autograd.gradcheck(fn, (x, h0, c0, *flat))
+
+
+def test_gradcheck_lstm2h_packed():
+    x, h0, c0, weights = _layer_inputs(2, True, T=4, B=3)
+    batch_sizes = torch.tensor([3, 2, 2, 1])
+    data = x[:, :3].detach()
+    data = torch.cat([data[t, : int(b)] for t, b in enumerate(batch_sizes)]).requires_grad_()
+    flat = [w for ws in weights for w in ws]
+
+    def fn(data, h0, c0, *flat):
+        ws = [tuple(flat[4 * d: 4 * d + 4]) for d in range(2)]
+        return lstm2h.BACKEND.forward_layer(data, h0, c0, ws, batch_sizes)
+
+    assert torch.autograd.gradcheck(fn, (data, h0, c0, *flat))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Property test: random shapes, layers, directions, layouts, packed lengths, initial states
+# ------------------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    T=st.integers(1, 50), B=st.integers(1, 8), I=st.integers(1, 6), H=st.sampled_from([1, 2, 5, 16]),
+    num_layers=st.integers(1, 2), bidirectional=st.booleans(), batch_first=st.booleans(), bias=st.booleans(),
+    packed=st.booleans(), with_state=st.booleans(), seed=st.integers(0, 2**16), data=st.data(),
+)
+def test_property_all_backends_match_reference(T, B, I, H, num_layers, bidirectional, batch_first, bias, packed,
+                                               with_state, seed, data):
+    m = make(I, H, num_layers, dtype=torch.float64, seed=seed, bidirectional=bidirectional,
+             batch_first=batch_first, bias=bias)
+    torch.manual_seed(seed + 1)
+    x = torch.randn(B, T, I, dtype=torch.float64) if batch_first else torch.randn(T, B, I, dtype=torch.float64)
+    lengths = data.draw(st.lists(st.integers(1, T), min_size=B, max_size=B)) if packed else None
+    hx = states(m, B, seed) if with_state else None
+    want = run(m, "reference", x, hx, lengths)
+    for backend in ["auto", *FAST]:
+        refused = (backend == "fused" and (packed or H % 16)) or (backend == "lstm2h" and packed and H % 16)
+        if refused:
+            with pytest.raises(ValueError, match="cannot run this input"):
+                run(m, backend, x, hx, lengths)
+            continue
+        got = run(m, backend, x, hx, lengths)
+        assert_rel(got, want, 1e-9)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# "auto": what it picks, and that it falls back to a backend that computes the case exactly
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_auto_picks_by_work_per_step_on_cpu():
+    H = 64
+    m = make(hidden_size=H)
+    b_train, b_infer = FUSED_MIN_WORK_TRAIN // H, FUSED_MIN_WORK_INFER // H
+    m(torch.randn(2, b_train, 5))
+    assert m.last_backend == "fused"
+    m(torch.randn(2, b_train - 1, 5))
+    assert m.last_backend == "lstm2h"
+    with torch.no_grad():
+        m(torch.randn(2, b_train, 5))
+        assert m.last_backend == "lstm2h"
+        m(torch.randn(2, b_infer, 5))
+        assert m.last_backend == "fused"
+
+
+@pytest.mark.parametrize("H,expected", [(16, "lstm2h"), (6, "reference")])
+def test_auto_falls_back_for_packed_input(H, expected):
+    m = make(hidden_size=H, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 20, 5)
+    lengths = torch.randint(1, 7, (20,))
+    want = run(m, "reference", x, packed_lengths=lengths)
+    got = run(m, "auto", x, packed_lengths=lengths)
+    assert got["backend"] == expected
+    assert_rel(got, want, 1e-5)
+
+
+def test_auto_avoids_fused_when_paths_are_not_aligned():
+    m = make(hidden_size=24)
+    m(torch.randn(2, 256, 5))  # 256 x 24 is enough work for "fused", but 24 is not a multiple of 16
+    assert m.last_backend == "lstm2h"
+    m.backend = "fused"
+    with pytest.raises(ValueError, match="multiple of 16"):
+        m(torch.randn(2, 256, 5))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_auto_keeps_identical_paths_bitwise_identical(packed):
+    """DESIGN.md, symmetry: with init="identical" the upper and lower gradients are equal, bit for bit."""
+    H, B = 16, 256  # "auto" picks "fused" (dense) or "lstm2h" (packed) here
+    m = make(hidden_size=H, num_layers=2, bidirectional=True, init="identical")
+    x = torch.randn(5, B, 5)
+    inp = pack_padded_sequence(x, torch.randint(1, 6, (B,)), enforce_sorted=False) if packed else x
+    out, (_, c_n) = m(inp)
+    assert m.last_backend == ("lstm2h" if packed else "fused")
+    y = pad_packed_sequence(out)[0] if packed else out
+    ((y * torch.randn(y.shape)).sum() + c_n.square().sum()).backward()  # a loss symmetric in the paths
+    for name, p in m.named_parameters():
+        assert torch.equal(p.grad[: 4 * H], p.grad[4 * H:]), name
+    assert torch.equal(c_n[..., :H], c_n[..., H:])
+
+
+def test_auto_float64_is_exact():
+    m = make(hidden_size=16, dtype=torch.float64, num_layers=2)
+    x = torch.randn(4, FUSED_MIN_WORK_TRAIN // 16, 5, dtype=torch.float64)
+    want = run(m, "reference", x)
+    got = run(m, "auto", x)
+    assert got["backend"] == "fused"
+    assert_rel(got, want, 1e-12)
+
+
+def test_auto_float16_and_autocast_avoid_fused():
+    B = FUSED_MIN_WORK_TRAIN // 64  # float32 would run "fused" here
+    m = make(hidden_size=64, dtype=torch.float16)
+    m(torch.randn(2, B, 5, dtype=torch.float16))
+    assert m.last_backend == "lstm2h"
+    m = make(hidden_size=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(torch.randn(2, B, 5))
+    assert m.last_backend == "lstm2h"
+    m(torch.randn(2, B, 5))
+    assert m.last_backend == "fused"
+
+
+def test_auto_falls_back_to_reference_where_nothing_else_runs():
+    m = make(device="meta")
+    out, (_, c_n) = m(torch.empty(5, 20, 5, device="meta"))
+    assert m.last_backend == "reference"
+    assert out.shape == (5, 20, 16) and c_n.shape == (1, 20, 32)
+
+
+def test_explicit_backend_that_cannot_run_raises():
+    m = make(backend="fused")
+    x = pack_padded_sequence(torch.randn(4, 3, 5), [4, 2, 1])
+    with pytest.raises(ValueError, match="backend='fused'.*packed"):
+        m(x)
+
+
+def test_backend_names():
+    assert set(available_backends()) == {"auto", "reference", "lstm2h", "fused"}
+    with pytest.raises(ValueError, match="lstm2h"):
+        CerebralLSTM(3, 4, backend="cudnn")
+    with pytest.raises(TypeError, match="backend"):
+        CerebralLSTM(3, 4, backend=None)
+
+
+def test_backends_share_state_dict():
+    m = make(num_layers=2, bidirectional=True)
+    keys = {k: v.clone() for k, v in m.state_dict().items()}
+    for backend in FAST:
+        run(m, backend, torch.randn(4, 16, 5))
+        assert m.state_dict().keys() == keys.keys()
+        assert all(torch.equal(m.state_dict()[k], v) for k, v in keys.items())
+
+
+def test_fused_gate_order_is_a_permutation():
+    order, scale = fused.fused_gate_order(3)
+    assert sorted(order.tolist()) == list(range(24))
+    assert order[:3].tolist() == [9, 10, 11]  # upper o first
+    assert order[12:15].tolist() == [21, 22, 23]  # then lower o
+    assert scale.tolist() == ([1.0] * 9 + [2.0] * 3) * 2  # candidate rows g of each path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Dropout is drawn by the layer, so every backend sees the same noise under the same seed
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["auto", *FAST])
+def test_dropout_identical_across_backends(backend):
+    m = make(num_layers=3, dropout=0.5, bidirectional=True).train()
+    x = torch.randn(6, 16, 5)
+    want = run(m, "reference", x, seed=123)
+    got = run(m, backend, x, seed=123)
+    assert_rel(got, want, 1e-5)
+    other = run(m, backend, x, seed=124)  # and the noise is really there
+    assert not torch.allclose(other["output"], want["output"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU; the CPU tests above never depend on these)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@cuda
+@pytest.mark.parametrize("packed", [False, True])
+def test_cuda_lstm2h_matches_reference(packed):
+    m = make(num_layers=2, bidirectional=True, device="cuda")
+    x = torch.randn(9, 4, 5, device="cuda")
+    lengths = [9, 4, 6, 1] if packed else None
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        want = run(m, "reference", x, packed_lengths=lengths)
+        got = run(m, "auto", x, packed_lengths=lengths)
+    assert got["backend"] == "lstm2h"
+    assert_rel(got, want, 1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast(dtype):
+    m = make(num_layers=2, device="cuda")
+    x = torch.randn(9, 4, 5, device="cuda")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        m.backend = "reference"
+        want, _ = m(x)
+        m.backend = "auto"
+        with torch.autocast("cuda", dtype=dtype):
+            got, _ = m(x)
+            got.float().sum().backward()
+    assert m.last_backend == "lstm2h"
+    assert got.dtype in (dtype, torch.float32)  # whether cuDNN's LSTM runs in low precision is torch's call
+    assert (got.float() - want).abs().max().item() < 3e-2
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
