@@ -343,7 +343,7 @@ def test_explicit_backend_that_cannot_run_raises():
 
 
 def test_backend_names():
-    assert set(available_backends()) == {"auto", "reference", "lstm2h", "fused"}
+    assert set(available_backends()) == {"auto", "reference", "lstm2h", "fused", "native"}
     with pytest.raises(ValueError, match="lstm2h"):
         CerebralLSTM(3, 4, backend="cudnn")
     with pytest.raises(TypeError, match="backend"):

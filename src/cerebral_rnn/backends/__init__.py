@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from . import fused, lstm2h, reference
+from . import fused, lstm2h, native, reference
 
 __all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "select_backend"]
 
@@ -44,6 +44,7 @@ BACKENDS: dict[str, Backend] = {
     reference.BACKEND.name: reference.BACKEND,
     lstm2h.BACKEND.name: lstm2h.BACKEND,
     fused.BACKEND.name: fused.BACKEND,
+    native.BACKEND.name: native.BACKEND,
 }
 
 
