@@ -34,6 +34,7 @@ _CPP = r"""
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -111,16 +112,75 @@ static void pointwise(const T* __restrict g, T* __restrict c, T* __restrict h, i
 }
 
 template <typename T>
+static void pointwise_all(const at::Tensor& gt, at::Tensor& c, at::Tensor& yt, int64_t grain) {
+  const int64_t B = gt.size(0), H = yt.size(1), hs = yt.stride(0);
+  const T* gp = gt.data_ptr<T>();
+  T* cp = c.data_ptr<T>();
+  T* hp = yt.data_ptr<T>();
+  if (B >= 2 * grain) {
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) { pointwise<T>(gp, cp, hp, hs, b0, b1, H); });
+  } else {
+    pointwise<T>(gp, cp, hp, hs, 0, B, H);
+  }
+}
+
+// Small batches: g[b, :] += h[b, :] W_hh^T with W_hh^T (H, 8H) contiguous, in column blocks of 64 kept in
+// registers, NB batch rows at a time sharing each weight load. Every column is the same sequence of
+// multiply-adds over k = 0..H-1, so identical paths get identical sums.
+template <typename T, int NB>
+static void matvec_block(const T* __restrict h, int64_t hs, const T* __restrict wt, T* __restrict g, int64_t H,
+                         int64_t N, int64_t c0) {
+  constexpr int CB = 64;
+  T acc[NB][CB];
+  for (int r = 0; r < NB; ++r)
+    for (int j = 0; j < CB; ++j) acc[r][j] = g[r * N + c0 + j];
+  for (int64_t k = 0; k < H; ++k) {
+    const T* w = wt + k * N + c0;
+    for (int r = 0; r < NB; ++r) {
+      const T hk = h[r * hs + k];
+#pragma omp simd
+      for (int j = 0; j < CB; ++j) acc[r][j] += hk * w[j];
+    }
+  }
+  for (int r = 0; r < NB; ++r)
+    for (int j = 0; j < CB; ++j) g[r * N + c0 + j] = acc[r][j];
+}
+
+template <typename T>
+static void small_matvec(const T* h, int64_t hs, const T* wt, T* g, int64_t B, int64_t H) {
+  const int64_t N = 8 * H, nblocks = N / 64;  // H % 16 == 0 (supports() checks): N % 64 == 0 (H % 8 suffices)
+  at::parallel_for(0, nblocks, nblocks >= 16 ? nblocks / 2 : nblocks, [&](int64_t k0, int64_t k1) {
+    for (int64_t blk = k0; blk < k1; ++blk) {
+      int64_t b = 0;
+      for (; b + 4 <= B; b += 4) matvec_block<T, 4>(h + b * hs, hs, wt, g + b * N, H, N, blk * 64);
+      for (; b + 2 <= B; b += 2) matvec_block<T, 2>(h + b * hs, hs, wt, g + b * N, H, N, blk * 64);
+      for (; b < B; ++b) matvec_block<T, 1>(h + b * hs, hs, wt, g + b * N, H, N, blk * 64);
+    }
+  });
+}
+
+// x W^T + add through torch.ops.mkldnn._linear_pointwise.binary (W packed by mkldnn._reorder_linear_weight).
+static at::Tensor linear_add(const at::Tensor& x, const at::Tensor& add, const at::Tensor& packed) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_linear_pointwise", "binary")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const std::optional<at::Tensor>&, c10::string_view)>();
+  return op.call(x, add, packed, std::nullopt, "add");
+}
+
+// Input projection of a chunk of steps as one GEMM, then per step G[t] += h W_hh^T and the pointwise pass.
+template <typename T>
 static void run_direction(const at::Tensor& x, const at::Tensor& h0, at::Tensor& c, const at::Tensor& w_ih,
-                          const at::Tensor& w_hh, const at::Tensor& b, bool reverse, at::Tensor& y, int64_t col,
-                          int64_t chunk_rows, int64_t grain) {
+                          const at::Tensor& w_hh, const at::Tensor& b, const at::Tensor& packed, bool reverse,
+                          at::Tensor& y, int64_t col, int64_t chunk_rows, int64_t grain, int64_t small_batch) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   const int64_t n = std::max<int64_t>(1, std::min<int64_t>(T_, chunk_rows / std::max<int64_t>(B, 1)));
   at::Tensor G = at::empty({n, B, 8 * H}, x.options());
   at::Tensor w_ih_t = w_ih.t();
   at::Tensor w_hh_t = w_hh.t();
-  const int64_t hs = y.stride(1);  // row stride of y[t]
-  at::Tensor h = h0;  // (B, H), any row stride
+  const bool small = B <= small_batch && H % 8 == 0;
+  at::Tensor wt = small ? w_hh_t.contiguous() : at::Tensor();  // (H, 8H)
+  at::Tensor h = h0.stride(1) == 1 ? h0 : h0.contiguous();  // (B, H), rows contiguous, any row stride
   const int64_t nchunks = (T_ + n - 1) / n;
   for (int64_t k = 0; k < nchunks; ++k) {
     const int64_t ck = reverse ? nchunks - 1 - k : k;
@@ -134,18 +194,16 @@ static void run_direction(const at::Tensor& x, const at::Tensor& h0, at::Tensor&
     }
     for (int64_t q = 0; q < m; ++q) {
       const int64_t tl = reverse ? m - 1 - q : q;
-      const int64_t t = s + tl;
       at::Tensor gt = G[tl];  // (B, 8H), contiguous
-      gt.addmm_(h, w_hh_t);
-      at::Tensor yt = y[t].narrow(1, col, H);  // (B, H), row stride hs
-      const T* gp = gt.data_ptr<T>();
-      T* cp = c.data_ptr<T>();
-      T* hp = yt.data_ptr<T>();
-      if (B >= 2 * grain) {
-        at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) { pointwise<T>(gp, cp, hp, hs, b0, b1, H); });
+      if (small) {
+        small_matvec<T>(h.data_ptr<T>(), h.stride(0), wt.data_ptr<T>(), gt.data_ptr<T>(), B, H);
+      } else if (packed.defined()) {  // oneDNN with the weight packed once per call (as the "fused" backend does)
+        gt = linear_add(h.contiguous(), gt, packed);
       } else {
-        pointwise<T>(gp, cp, hp, hs, 0, B, H);
+        gt.addmm_(h, w_hh_t);
       }
+      at::Tensor yt = y[s + tl].narrow(1, col, H);  // (B, H), row stride D H
+      pointwise_all<T>(gt, c, yt, grain);
       h = yt;
     }
   }
@@ -156,8 +214,8 @@ static void run_direction(const at::Tensor& x, const at::Tensor& h0, at::Tensor&
 // x (T, B, I) contiguous; h0 (D, B, H); c0 (D, B, 2H); per direction w_ih (8H, I), w_hh (8H, H), b (8H) or
 // an empty tensor. Returns y (T, B, D H), h_n (D, B, H), c_n (D, B, 2H).
 std::vector<at::Tensor> forward_layer(at::Tensor x, at::Tensor h0, at::Tensor c0, std::vector<at::Tensor> w_ih,
-                                      std::vector<at::Tensor> w_hh, std::vector<at::Tensor> b, int64_t chunk_rows,
-                                      int64_t grain) {
+                                      std::vector<at::Tensor> w_hh, std::vector<at::Tensor> b, std::vector<at::Tensor> packed,
+                                      int64_t chunk_rows, int64_t grain, int64_t small_batch) {
   at::NoGradGuard no_grad;
   const int64_t D = static_cast<int64_t>(w_ih.size());
   const int64_t T_ = x.size(0), B = x.size(1), H = w_hh[0].size(1);
@@ -169,15 +227,16 @@ std::vector<at::Tensor> forward_layer(at::Tensor x, at::Tensor h0, at::Tensor c0
     at::Tensor c = c_n[d];
     at::Tensor bd = b[d].numel() ? b[d].contiguous() : at::Tensor();
     at::Tensor wi = w_ih[d].contiguous(), wh = w_hh[d].contiguous();
+    at::Tensor pk = packed[d].numel() ? packed[d] : at::Tensor();
     bool reverse = d == 1;
     if (T_ == 0) {
       h_n[d].copy_(h0[d]);
       continue;
     }
     if (x.scalar_type() == at::kFloat) {
-      run_direction<float>(x, h0[d], c, wi, wh, bd, reverse, y, d * H, chunk_rows, grain);
+      run_direction<float>(x, h0[d], c, wi, wh, bd, pk, reverse, y, d * H, chunk_rows, grain, small_batch);
     } else if (x.scalar_type() == at::kDouble) {
-      run_direction<double>(x, h0[d], c, wi, wh, bd, reverse, y, d * H, chunk_rows, grain);
+      run_direction<double>(x, h0[d], c, wi, wh, bd, pk, reverse, y, d * H, chunk_rows, grain, small_batch);
     } else {
       TORCH_CHECK(false, "cerebral_rnn native: dtype must be float32 or float64");
     }
@@ -221,6 +280,10 @@ class NativeBackend:
 
     name = "native"
     chunk_rows = 1024  # rows (steps x batch) of the input projection per GEMM
+    onednn: bool | None = None  # recurrent GEMM through oneDNN, weight packed per call (None: from onednn_min_work)
+    onednn_min_work = 4096  # batch x hidden_size
+    _onednn_ok: bool | None = None  # None: not tried yet in this process
+    small_batch = 8  # up to this batch size the recurrent GEMM is a hand-written kernel (MKL/oneDNN overheads)
     grain = 16  # batch rows per thread in the pointwise pass (two threads only from 2 x grain rows)
 
     def supports(self, x: Tensor, batch_sizes, weights, training) -> str | None:
@@ -249,6 +312,12 @@ class NativeBackend:
             return _ERROR
         return None
 
+    def _use_onednn(self, x, h0) -> bool:
+        if self.onednn is not None:
+            return self.onednn and self._onednn_ok is not False
+        return (self._onednn_ok is not False and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+                and x.shape[1] > self.small_batch and x.shape[1] * h0.shape[-1] >= self.onednn_min_work)
+
     def forward_layer(self, x, h0, c0, weights, batch_sizes):
         ext = _load()
         w_ih = [w[0] for w in weights]
@@ -259,8 +328,18 @@ class NativeBackend:
             b = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
             bs.append(empty if b is None else b)
         with torch.no_grad():
-            y, h_n, c_n = ext.forward_layer(x, h0, c0, w_ih, w_hh, bs, self.chunk_rows, self.grain)
-        return y, h_n, c_n
+            if self._use_onednn(x, h0):
+                try:
+                    packed = [torch.ops.mkldnn._reorder_linear_weight(w, x.shape[1]) for w in w_hh]
+                    out = ext.forward_layer(x, h0, c0, w_ih, w_hh, bs, packed, self.chunk_rows, self.grain,
+                                            self.small_batch)
+                    self._onednn_ok = True
+                    return tuple(out)
+                except (RuntimeError, AttributeError, NotImplementedError):
+                    type(self)._onednn_ok = False  # this torch build cannot: plain addmm from now on
+            out = ext.forward_layer(x, h0, c0, w_ih, w_hh, bs, [empty] * len(w_hh), self.chunk_rows,
+                                    self.grain, self.small_batch)
+        return tuple(out)
 
 
 BACKEND = NativeBackend()
