@@ -172,13 +172,13 @@ static at::Tensor linear_add(const at::Tensor& x, const at::Tensor& add, const a
 template <typename T>
 static void run_direction(const at::Tensor& x, const at::Tensor& h0, at::Tensor& c, const at::Tensor& w_ih,
                           const at::Tensor& w_hh, const at::Tensor& b, const at::Tensor& packed, bool reverse,
-                          at::Tensor& y, int64_t col, int64_t chunk_rows, int64_t grain, int64_t small_batch) {
+                          at::Tensor& y, int64_t col, int64_t chunk_rows, int64_t grain, bool small_kernel) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   const int64_t n = std::max<int64_t>(1, std::min<int64_t>(T_, chunk_rows / std::max<int64_t>(B, 1)));
   at::Tensor G = at::empty({n, B, 8 * H}, x.options());
   at::Tensor w_ih_t = w_ih.t();
   at::Tensor w_hh_t = w_hh.t();
-  const bool small = B <= small_batch && H % 8 == 0;
+  const bool small = small_kernel && H % 8 == 0;
   at::Tensor wt = small ? w_hh_t.contiguous() : at::Tensor();  // (H, 8H)
   at::Tensor h = h0.stride(1) == 1 ? h0 : h0.contiguous();  // (B, H), rows contiguous, any row stride
   const int64_t nchunks = (T_ + n - 1) / n;
@@ -215,7 +215,7 @@ static void run_direction(const at::Tensor& x, const at::Tensor& h0, at::Tensor&
 // an empty tensor. Returns y (T, B, D H), h_n (D, B, H), c_n (D, B, 2H).
 std::vector<at::Tensor> forward_layer(at::Tensor x, at::Tensor h0, at::Tensor c0, std::vector<at::Tensor> w_ih,
                                       std::vector<at::Tensor> w_hh, std::vector<at::Tensor> b, std::vector<at::Tensor> packed,
-                                      int64_t chunk_rows, int64_t grain, int64_t small_batch) {
+                                      int64_t chunk_rows, int64_t grain, bool small_kernel) {
   at::NoGradGuard no_grad;
   const int64_t D = static_cast<int64_t>(w_ih.size());
   const int64_t T_ = x.size(0), B = x.size(1), H = w_hh[0].size(1);
@@ -234,9 +234,9 @@ std::vector<at::Tensor> forward_layer(at::Tensor x, at::Tensor h0, at::Tensor c0
       continue;
     }
     if (x.scalar_type() == at::kFloat) {
-      run_direction<float>(x, h0[d], c, wi, wh, bd, pk, reverse, y, d * H, chunk_rows, grain, small_batch);
+      run_direction<float>(x, h0[d], c, wi, wh, bd, pk, reverse, y, d * H, chunk_rows, grain, small_kernel);
     } else if (x.scalar_type() == at::kDouble) {
-      run_direction<double>(x, h0[d], c, wi, wh, bd, pk, reverse, y, d * H, chunk_rows, grain, small_batch);
+      run_direction<double>(x, h0[d], c, wi, wh, bd, pk, reverse, y, d * H, chunk_rows, grain, small_kernel);
     } else {
       TORCH_CHECK(false, "cerebral_rnn native: dtype must be float32 or float64");
     }
@@ -280,10 +280,13 @@ class NativeBackend:
 
     name = "native"
     chunk_rows = 1024  # rows (steps x batch) of the input projection per GEMM
-    onednn: bool | None = None  # recurrent GEMM through oneDNN, weight packed per call (None: from onednn_min_work)
-    onednn_min_work = 4096  # batch x hidden_size
+    # The recurrent GEMM, by batch x hidden_size: below small_max_work a hand-written register-blocked kernel
+    # (MKL's and oneDNN's per-call overheads dominate there), else oneDNN with the weight packed once per call
+    # (float32; onednn=False forces torch.addmm, as does float64 or a torch without oneDNN). Measured with
+    # benchmarks/speed.py on a 2-core AVX-512 CPU, torch 2.13.
+    onednn: bool | None = None
+    small_max_work = 4096
     _onednn_ok: bool | None = None  # None: not tried yet in this process
-    small_batch = 8  # up to this batch size the recurrent GEMM is a hand-written kernel (MKL/oneDNN overheads)
     grain = 16  # batch rows per thread in the pointwise pass (two threads only from 2 x grain rows)
 
     def supports(self, x: Tensor, batch_sizes, weights, training) -> str | None:
@@ -312,11 +315,12 @@ class NativeBackend:
             return _ERROR
         return None
 
-    def _use_onednn(self, x, h0) -> bool:
+    def _use_onednn(self, x) -> bool:
+        if NativeBackend._onednn_ok is False:
+            return False
         if self.onednn is not None:
-            return self.onednn and self._onednn_ok is not False
-        return (self._onednn_ok is not False and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-                and x.shape[1] > self.small_batch and x.shape[1] * h0.shape[-1] >= self.onednn_min_work)
+            return self.onednn
+        return x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
     def forward_layer(self, x, h0, c0, weights, batch_sizes):
         ext = _load()
@@ -327,18 +331,19 @@ class NativeBackend:
         for _, _, b_ih, b_hh in weights:
             b = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
             bs.append(empty if b is None else b)
+        small = x.shape[1] * h0.shape[-1] < self.small_max_work
         with torch.no_grad():
-            if self._use_onednn(x, h0):
+            if not small and self._use_onednn(x):
                 try:
                     packed = [torch.ops.mkldnn._reorder_linear_weight(w, x.shape[1]) for w in w_hh]
                     out = ext.forward_layer(x, h0, c0, w_ih, w_hh, bs, packed, self.chunk_rows, self.grain,
-                                            self.small_batch)
-                    self._onednn_ok = True
+                                            False)
+                    NativeBackend._onednn_ok = True
                     return tuple(out)
                 except (RuntimeError, AttributeError, NotImplementedError):
-                    type(self)._onednn_ok = False  # this torch build cannot: plain addmm from now on
+                    NativeBackend._onednn_ok = False  # this torch build cannot: plain addmm from now on
             out = ext.forward_layer(x, h0, c0, w_ih, w_hh, bs, [empty] * len(w_hh), self.chunk_rows,
-                                    self.grain, self.small_batch)
+                                    self.grain, small)
         return tuple(out)
 
 
