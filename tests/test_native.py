@@ -160,3 +160,12 @@ def test_identical_paths_stay_bitwise_identical(B, gemm):
         _, (_, c_n) = m(x, (h0, torch.cat([c_half, c_half], -1)))
     assert m.last_backend == "native"
     assert torch.equal(c_n[..., :H], c_n[..., H:])
+
+
+def test_unbatched_input_and_expanded_state():
+    m = make(hidden_size=16, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 5)
+    hx = (torch.randn(4, 16), torch.randn(1, 32).expand(4, 32))  # an expanded (stride 0) c_0
+    got = infer(m, "native", x, hx)
+    assert m.last_backend == "native"
+    assert_rel(got, infer(m, "reference", x, hx), 1e-5)

@@ -18,7 +18,9 @@ Inference only: ``supports`` refuses whenever autograd would need gradients.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import time
 
 import torch
@@ -27,7 +29,21 @@ from torch import Tensor
 from ._compile import exporting
 
 _DTYPES = (torch.float32, torch.float64)
-_NAME = "cerebral_rnn_native_v1"
+
+
+def _cpu_tag() -> str:
+    """A short hash of this CPU's model and feature flags: the build uses ``-march=native``, so a cache shared
+    between different machines (a network home directory) must not hand one machine's build to another."""
+    info = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info += "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
+    except OSError:
+        info += platform.processor()
+    return hashlib.sha1(info.encode()).hexdigest()[:10]
+
+
+_NAME = f"cerebral_rnn_native_{_cpu_tag()}"
 
 _CPP = r"""
 #include <torch/extension.h>
