@@ -130,6 +130,14 @@ def test_build_failure_is_remembered(monkeypatch):
     assert m.last_backend == "lstm2h"  # auto falls back
 
 
+def test_environment_variable_turns_it_off(monkeypatch):
+    monkeypatch.setattr(native, "_EXT", None)
+    monkeypatch.setattr(native, "_ERROR", None)
+    monkeypatch.setenv("CEREBRAL_RNN_NATIVE", "0")
+    assert not native.available()
+    assert "CEREBRAL_RNN_NATIVE=0" in native._ERROR
+
+
 @pytest.mark.parametrize("B", [1, 64, 256])
 def test_auto_picks_native_in_inference(B):
     m = make(hidden_size=64)

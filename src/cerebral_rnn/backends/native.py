@@ -1,18 +1,23 @@
 r"""``"native"`` backend: the whole inference time loop of a layer in compiled C++ (CPU, no autograd).
 
-Per direction: the input projection of a chunk of steps is one GEMM (``addmm``, both biases folded in); each
-step adds ``h_{t-1} W_hh^T`` in place (one ``addmm_`` into the chunk's gates, BLAS with beta = 1), then ONE
-pointwise pass computes every gate's activation, both paths' cell states and ``h_t``, written straight into
-the output. Activations use a vectorisable exp (Cephes ``expf``) and a tanh accurate near 0 (a polynomial for
+Per direction: the input projection of a chunk of steps (``chunk_rows`` rows) is one GEMM, both biases folded
+in; each step adds ``h_{t-1} W_hh^T`` to its rows of it, then ONE pointwise pass computes every gate's
+activation, both paths' cell states and ``h_t``, written straight into the output. The recurrent GEMM is, by
+batch x hidden_size: a hand-written register-blocked kernel below ``small_max_work`` (MKL's and oneDNN's per-call
+overheads dominate there), else oneDNN with ``W_hh`` packed once per call (``mkldnn._linear_pointwise``, as the
+``"fused"`` backend uses; float32), else ``addmm_`` (float64, or a torch without oneDNN).
+Activations use a vectorisable exp (Cephes ``expf``) and a tanh accurate near 0 (a polynomial for
 ``|x| < 0.625``), within a few ulp of torch's; float64 uses ``std::exp``/``std::tanh``. The gate rows are used in
 their stored order (upper i, f, g, o, lower i, f, g, o): a path's gate ``k`` at unit ``j`` is at column
 ``k H + j`` (upper) and ``4 H + k H + j`` (lower), and both paths are computed by the same instructions at the
 same ``j``, so identical paths stay bitwise identical (with ``hidden_size`` a multiple of ``PATH_ALIGN`` the
-GEMM treats their rows alike too).
+GEMMs treat their rows alike too).
 
 The extension is built on first use with ``torch.utils.cpp_extension.load_inline`` (``-O3 -march=native``,
-OpenMP; cached in torch's extensions directory, so later processes only load it). If it cannot be built (no
-compiler, no ``ninja``), the failure is remembered once and ``supports`` gives it as the reason.
+OpenMP; about 25 s on a 2-core machine, cached in torch's extensions directory under a name tagged by the CPU,
+so later processes only load it). It needs a C++ compiler and ``ninja``; if the build fails, the failure is
+remembered once and ``supports`` gives it as the reason (``"auto"`` then falls back). ``CEREBRAL_RNN_NATIVE=0``
+in the environment turns the backend off (no build attempted).
 Inference only: ``supports`` refuses whenever autograd would need gradients.
 """
 
@@ -272,6 +277,9 @@ def _load():
     global _EXT, _ERROR, BUILD_SECONDS
     if _EXT is not None or _ERROR is not None:
         return _EXT
+    if os.environ.get("CEREBRAL_RNN_NATIVE", "1") == "0":
+        _ERROR = "disabled by CEREBRAL_RNN_NATIVE=0"
+        return None
     t0 = time.perf_counter()
     try:
         from torch.utils.cpp_extension import load_inline
