@@ -177,3 +177,21 @@ def test_unbatched_input_and_expanded_state():
     got = infer(m, "native", x, hx)
     assert m.last_backend == "native"
     assert_rel(got, infer(m, "reference", x, hx), 1e-5)
+
+
+@pytest.mark.parametrize("B", [3, 64])  # the small-batch kernel and the pointwise pass split across threads
+def test_two_threads_match_reference_and_keep_symmetry(B):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # conftest runs everything else on one thread
+    try:
+        H = 64
+        m = make(hidden_size=H, num_layers=2, bidirectional=True, init="identical")
+        x = torch.randn(6, B, 5)
+        c_half = torch.randn(4, B, H)
+        hx = (torch.randn(4, B, H), torch.cat([c_half, c_half], -1))
+        got = infer(m, "native", x, hx)
+        assert m.last_backend == "native"
+        assert_rel(got, infer(m, "reference", x, hx), 1e-5)
+        assert torch.equal(got["c_n"][..., :H], got["c_n"][..., H:])
+    finally:
+        torch.set_num_threads(threads)
