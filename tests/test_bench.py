@@ -32,6 +32,6 @@ def test_speed_quick_writes_json(tmp_path):
             assert set(entry["ratios"][name]) == {"train", "infer", "memory"}
         assert entry["ratios"]["lstm"]["train"] == 1.0
         for mode in ("train_backend", "infer_backend"):
-            assert entry["models"]["cerebral-auto"][mode] in {"lstm2h", "fused", "reference"}
+            assert entry["models"]["cerebral-auto"][mode] in {"lstm2h", "fused", "native", "reference"}
             assert entry["models"]["cerebral-reference"][mode] == "reference"
             assert entry["models"]["lstm"][mode] == "torch"

@@ -36,7 +36,7 @@ def _reference(model: Tagger, x):
 def test_torch_export_matches_eager():
     torch.manual_seed(0)
     model = Tagger().eval()
-    x = torch.randn(B_INFER, 5, 4)  # eager "auto" picks "fused" here, which export cannot record
+    x = torch.randn(B_INFER, 5, 4)  # eager "auto" picks "native" (or "fused"), which export cannot record
     program = torch.export.export(model, (x,))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any("lstm" in t for t in targets), targets  # identity A: one aten.lstm per layer
@@ -44,7 +44,7 @@ def test_torch_export_matches_eager():
     want = _reference(model, x)
     with torch.no_grad():
         eager = model(x)
-    assert model.rnn.last_backend == "fused"
+    assert model.rnn.last_backend in {"native", "fused"}  # "fused" where the C++ extension cannot be built
     for g, w, e in zip(got, want, eager):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)

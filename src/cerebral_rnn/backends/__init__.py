@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from . import fused, lstm2h, reference
+from . import fused, lstm2h, native, reference
 
 __all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "select_backend"]
 
@@ -44,6 +44,7 @@ BACKENDS: dict[str, Backend] = {
     reference.BACKEND.name: reference.BACKEND,
     lstm2h.BACKEND.name: lstm2h.BACKEND,
     fused.BACKEND.name: fused.BACKEND,
+    native.BACKEND.name: native.BACKEND,
 }
 
 
@@ -87,15 +88,20 @@ def _auto_order(x: Tensor, weights) -> list[str]:
     """Backends tried by ``"auto"``, best first, for this device, shape and grad mode.
 
     CUDA: ``lstm2h`` (cuDNN). CPU, dense input: ``fused`` first when batch x hidden_size reaches
-    ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or ``FUSED_MIN_WORK_INFER`` (inference), else ``lstm2h``.
+    ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or ``FUSED_MIN_WORK_INFER`` (inference), else ``lstm2h``; in
+    inference ``native`` (the compiled C++ loop) comes before both: it measured faster than either at every
+    shape of benchmarks/speed.py, and its ``supports`` refuses when its extension could not be built.
     Each backend's ``supports`` then rules out what it cannot compute exactly (``fused``: packed input, dtypes
     other than float32/float64, autocast, ``torch.export``, hidden sizes not a multiple of ``PATH_ALIGN``;
     ``lstm2h``: packed input on the CPU at such sizes), and ``reference`` takes everything else.
     """
     if x.device.type == "cpu" and x.dim() == 3:
         work = x.shape[1] * weights[0][1].shape[1]  # B x H
-        if work >= (FUSED_MIN_WORK_TRAIN if _needs_grad(x, weights) else FUSED_MIN_WORK_INFER):
-            return ["fused", "lstm2h", "reference"]
+        if _needs_grad(x, weights):
+            return ["fused", "lstm2h", "reference"] if work >= FUSED_MIN_WORK_TRAIN else ["lstm2h", "reference"]
+        if work >= FUSED_MIN_WORK_INFER:
+            return ["native", "fused", "lstm2h", "reference"]
+        return ["native", "lstm2h", "reference"]
     return ["lstm2h", "reference"]
 
 
