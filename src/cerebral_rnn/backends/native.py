@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
+import sys
 import time
 
 import torch
@@ -272,6 +274,24 @@ _ERROR: str | None = None  # why the extension could not be built or loaded; set
 BUILD_SECONDS: float | None = None  # time the first load took in this process (a build, or loading the cache)
 
 
+def _put_ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; a pip-installed ninja sits in the environment's bin folder, which is not on
+    PATH when the environment's python is called directly (as ``make`` does). Add that folder if needed."""
+    if shutil.which("ninja"):
+        return
+    candidates = [os.path.dirname(sys.executable)]
+    try:
+        import ninja  # the PyPI package ships the binary
+
+        candidates.insert(0, ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        pass
+    for folder in candidates:
+        if shutil.which("ninja", path=folder):
+            os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
+            return
+
+
 def _load():
     """The compiled extension, building it on first use; None (with ``_ERROR`` set) if that failed."""
     global _EXT, _ERROR, BUILD_SECONDS
@@ -284,9 +304,11 @@ def _load():
     try:
         from torch.utils.cpp_extension import load_inline
 
+        _put_ninja_on_path()
+
         flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
         _EXT = load_inline(name=_NAME, cpp_sources=[_CPP], functions=["forward_layer"], extra_cflags=flags,
-                           extra_ldflags=["-fopenmp"], verbose=bool(os.environ.get("CEREBRAL_NATIVE_VERBOSE")))
+                           extra_ldflags=["-fopenmp"], verbose=bool(os.environ.get("CEREBRAL_RNN_NATIVE_VERBOSE")))
     except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a failed build: all mean "unavailable"
         _ERROR = f"the C++ extension could not be built: {type(exc).__name__}: {str(exc).strip()[:300]}"
         return None
