@@ -419,3 +419,22 @@ def test_cuda_autocast(dtype):
     assert got.dtype in (dtype, torch.float32)  # whether cuDNN's LSTM runs in low precision is torch's call
     assert (got.float() - want).abs().max().item() < 3e-2
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
+
+
+def test_prepare_reports_the_optional_compiled_backend():
+    from cerebral_rnn.backends import native, prepare
+
+    ready = prepare()
+    assert set(ready) == {"native"}
+    assert (ready["native"] is None) == native.available()
+
+
+def test_prepare_gives_the_reason_when_native_is_disabled():
+    import os
+    import subprocess
+    import sys
+
+    code = "import cerebral_rnn, json; print(json.dumps(cerebral_rnn.backends.prepare()))"
+    env = {**os.environ, "CEREBRAL_RNN_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "disabled by CEREBRAL_RNN_NATIVE=0" in out.stdout

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import fused, lstm2h, native, reference
 
-__all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "select_backend"]
+__all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "prepare", "select_backend"]
 
 
 class Backend(Protocol):
@@ -51,6 +51,16 @@ BACKENDS: dict[str, Backend] = {
 def available_backends() -> list[str]:
     """Names accepted by ``backend=``: ``"auto"`` and every registered backend."""
     return ["auto", *BACKENDS]
+
+
+def prepare() -> dict[str, str | None]:
+    """Build or load the optional compiled backends now instead of at their first use.
+
+    The ``native`` CPU inference backend is a C++ extension compiled on first use (about 25 s once per machine,
+    then loaded from torch's extension cache). Call this before timing anything. Returns, per optional backend,
+    ``None`` when it is ready or the reason it is unavailable (``"auto"`` then uses the others).
+    """
+    return {"native": None if native.available() else native._ERROR}
 
 
 def get_backend(name: str) -> str:
