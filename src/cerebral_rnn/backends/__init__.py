@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from . import fused, lstm2h, native, reference
+from . import _rules, fused, lstm2h, native, reference
 
 __all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "prepare", "select_backend"]
 
@@ -85,13 +85,7 @@ def _needs_grad(x: Tensor, weights) -> bool:
         w is not None and w.requires_grad for ws in weights for w in ws))
 
 
-# Identical paths (init="identical") must get bitwise identical gradients (DESIGN.md, symmetry). Vectorised
-# kernels round a value differently depending on where it sits relative to the SIMD width (a scalar tail, a
-# column reduction), so the two paths' rows must sit at offsets that are multiples of the widest vector,
-# 16 float32 (AVX-512). Measured: at hidden sizes 5, 13, 24, 40, "fused" (dense) or torch's packed LSTM kernel
-# (under "lstm2h") let identical paths drift apart by 1 ulp, then O(1) within 20 Adam steps; at multiples of 16
-# (16 to 128) they stayed bitwise identical. Those backends' ``supports`` refuse other sizes.
-PATH_ALIGN = 16
+PATH_ALIGN = _rules.PATH_ALIGN  # see backends/_rules.py: why kernels need aligned paths
 
 
 def _auto_order(x: Tensor, weights) -> list[str]:

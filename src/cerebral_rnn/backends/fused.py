@@ -35,8 +35,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._compile import exporting, run_eager_under_compile
+from ._rules import dense_cpu_reason
 
-_DTYPES = (torch.float32, torch.float64)
 _CACHE: dict[tuple[int, str, torch.dtype], tuple[Tensor, Tensor]] = {}
 _INFER_ROWS = 512  # rows (steps x batch) of the input projection per chunk in inference
 
@@ -240,18 +240,9 @@ class FusedBackend:
     name = "fused"
 
     def supports(self, x: Tensor, batch_sizes, weights, training) -> str | None:
-        if batch_sizes is not None:
-            return "packed input is not supported"
-        if x.device.type != "cpu":
-            return f"device {x.device} is not the CPU"
-        if x.dtype not in _DTYPES:
-            return f"dtype {x.dtype} is not float32 or float64"
-        if torch.is_autocast_enabled("cpu"):
-            return "CPU autocast is enabled"
-        H = weights[0][1].shape[1]
-        if H % 16:
-            return (f"hidden_size {H} is not a multiple of 16: its vectorised kernels would round the two paths "
-                    "differently and break the bitwise symmetry of init='identical' (DESIGN.md)")
+        reason = dense_cpu_reason(x, batch_sizes, weights)
+        if reason is not None:
+            return reason
         if exporting():
             return "torch.export / jit tracing cannot record its custom autograd.Function"
         return None

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ._compile import run_eager_under_compile
+from ._rules import unaligned_reason
 
 
 def _lstm2h_weights(*args, **kwargs):
@@ -34,10 +35,10 @@ class LSTM2HBackend:
             return f"dtype {x.dtype} is not a floating-point type"
         if x.device.type not in ("cpu", "cuda"):
             return f"device type {x.device.type!r} is not 'cpu' or 'cuda'"
-        H = weights[0][1].shape[1]
-        if batch_sizes is not None and x.device.type == "cpu" and H % 16:
-            return (f"packed input with hidden_size {H} (not a multiple of 16): torch's packed CPU LSTM kernel "
-                    "would round the two paths differently and break the symmetry of init='identical' (DESIGN.md)")
+        if batch_sizes is not None and x.device.type == "cpu":  # torch's packed CPU LSTM kernel needs aligned paths
+            reason = unaligned_reason(weights[0][1].shape[1])
+            if reason is not None:
+                return f"packed input on the CPU: {reason}"
         return None
 
     def forward_layer(self, x, h0, c0, weights, batch_sizes):

@@ -34,8 +34,7 @@ import torch
 from torch import Tensor
 
 from ._compile import exporting
-
-_DTYPES = (torch.float32, torch.float64)
+from ._rules import dense_cpu_reason
 
 
 def _cpu_tag() -> str:
@@ -336,27 +335,16 @@ class NativeBackend:
     grain = 16  # batch rows per thread in the pointwise pass (two threads only from 2 x grain rows)
 
     def supports(self, x: Tensor, batch_sizes, weights, training) -> str | None:
-        if batch_sizes is not None:
-            return "packed input is not supported"
-        if x.device.type != "cpu":
-            return f"device {x.device} is not the CPU"
-        if x.dtype not in _DTYPES:
-            return f"dtype {x.dtype} is not float32 or float64"
+        reason = dense_cpu_reason(x, batch_sizes, weights)
+        if reason is not None:
+            return reason
         if any(w is not None and (w.device.type != "cpu" or w.dtype != x.dtype) for ws in weights for w in ws):
             return "weights are not on the CPU in the input's dtype"
         if torch.is_grad_enabled() and (x.requires_grad or any(
                 w is not None and w.requires_grad for ws in weights for w in ws)):
             return "inference only: autograd needs gradients here (use torch.no_grad() or another backend)"
-        if torch.is_autocast_enabled("cpu"):
-            return "CPU autocast is enabled"
         if exporting() or torch.compiler.is_compiling():
             return "torch.export / jit tracing / torch.compile cannot trace a C++ extension"
-        H = weights[0][1].shape[1]
-        from . import PATH_ALIGN
-
-        if H % PATH_ALIGN:
-            return (f"hidden_size {H} is not a multiple of {PATH_ALIGN}: identical paths could be rounded "
-                    "differently (DESIGN.md, symmetry)")
         if _load() is None:
             return _ERROR
         return None
