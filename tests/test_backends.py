@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_states
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -72,12 +73,7 @@ def make(input_size=5, hidden_size=16, num_layers=1, dtype=torch.float32, seed=0
     return CerebralLSTM(input_size, hidden_size, num_layers, dtype=dtype, **kw)
 
 
-def states(m: CerebralLSTM, batch: int, seed: int = 2):
-    g = torch.Generator().manual_seed(seed)
-    LD, H = m.num_layers * m.num_directions, m.hidden_size
-    dtype = m.weight_ih_l0.dtype
-    return (torch.randn(LD, batch, H, generator=g, dtype=dtype),
-            torch.randn(LD, batch, 2 * H, generator=g, dtype=dtype))
+states = random_states
 
 
 # ------------------------------------------------------------------------------------------------------------
