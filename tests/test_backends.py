@@ -22,6 +22,8 @@ from cerebral_rnn.backends import (
     fused,
     lstm2h,
 )
+from cerebral_rnn.kinds import KINDS
+from cerebral_rnn.layout import DirectionWeights, LayerSpec
 
 FAST = ["lstm2h", "fused"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -176,6 +178,9 @@ def test_fused_backward_twice_with_retain_graph():
 # ------------------------------------------------------------------------------------------------------------
 
 
+SPEC2 = LayerSpec(KINDS["lstm"], 2, 2)  # the paper's cell, H = 2
+
+
 def _layer_inputs(D: int, bias: bool, T=4, B=3, I=3, H=2):
     g = torch.Generator().manual_seed(0)
 
@@ -186,6 +191,12 @@ def _layer_inputs(D: int, bias: bool, T=4, B=3, I=3, H=2):
     return r(T, B, I), r(D, B, H), r(D, B, 2 * H), weights
 
 
+def _as_weights(flat, template):
+    """Rebuild DirectionWeights from a flat list of tensors, following ``template``'s None entries."""
+    it = iter(flat)
+    return [DirectionWeights(*(next(it) if w is not None else None for w in ws0)) for ws0 in template]
+
+
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("D,bias", [(1, True), (2, True), (2, False)])
 def test_gradcheck_float64(backend, D, bias):
@@ -194,11 +205,9 @@ def test_gradcheck_float64(backend, D, bias):
     impl = BACKENDS[backend]
 
     def fn(x, h0, c0, *flat):
-        it = iter(flat)
-        ws = [tuple(next(it) if w is not None else None for w in ws0) for ws0 in weights]
-        return impl.forward_layer(x, h0, c0, ws, None)
+        y, (h_n, c_n) = impl.forward_layer(SPEC2, x, (h0, c0), _as_weights(flat, weights), None)
+        return y, h_n, c_n
 
-    # The kernels are size-agnostic; supports() refuses H=2 only to keep init="identical" paths bitwise equal.
     assert torch.autograd.gradcheck(fn, (x, h0, c0, *flat))
 
 
@@ -210,8 +219,9 @@ def test_gradcheck_lstm2h_packed():
     flat = [w for ws in weights for w in ws]
 
     def fn(data, h0, c0, *flat):
-        ws = [tuple(flat[4 * d: 4 * d + 4]) for d in range(2)]
-        return lstm2h.BACKEND.forward_layer(data, h0, c0, ws, batch_sizes)
+        y, (h_n, c_n) = lstm2h.BACKEND.forward_layer(SPEC2, data, (h0, c0), _as_weights(flat, weights),
+                                                     batch_sizes)
+        return y, h_n, c_n
 
     assert torch.autograd.gradcheck(fn, (data, h0, c0, *flat))
 
@@ -237,7 +247,7 @@ def test_property_all_backends_match_reference(T, B, I, H, num_layers, bidirecti
     hx = states(m, B, seed) if with_state else None
     want = run(m, "reference", x, hx, lengths)
     for backend in ["auto", *FAST]:
-        refused = (backend == "fused" and (packed or H % 16)) or (backend == "lstm2h" and packed and H % 16)
+        refused = backend == "fused" and packed
         if refused:
             with pytest.raises(ValueError, match="cannot run this input"):
                 run(m, backend, x, hx, lengths)
@@ -268,35 +278,43 @@ def test_auto_picks_by_work_per_step_on_cpu():
         assert m.last_backend == "fused"
 
 
-@pytest.mark.parametrize("H,expected", [(16, "lstm2h"), (6, "reference")])
-def test_auto_falls_back_for_packed_input(H, expected):
+@pytest.mark.parametrize("H", [16, 6])
+def test_auto_runs_packed_input_through_the_vendor_kernel(H):
     m = make(hidden_size=H, num_layers=2, bidirectional=True)
     x = torch.randn(6, 20, 5)
     lengths = torch.randint(1, 7, (20,))
     want = run(m, "reference", x, packed_lengths=lengths)
     got = run(m, "auto", x, packed_lengths=lengths)
-    assert got["backend"] == expected
+    assert got["backend"] == "lstm2h"
     assert_rel(got, want, 1e-5)
 
 
-def test_auto_avoids_fused_when_paths_are_not_aligned():
+def test_distinct_paths_run_fused_at_any_hidden_size():
     m = make(hidden_size=24)
-    m(torch.randn(2, 256, 5))  # 256 x 24 is enough work for "fused", but 24 is not a multiple of 16
-    assert m.last_backend == "lstm2h"
-    m.backend = "fused"
-    with pytest.raises(ValueError, match="multiple of 16"):
+    m(torch.randn(2, 256, 5))  # 256 x 24 is enough work for "fused"; 24 is not a multiple of the SIMD width
+    assert m.last_backend == "fused"
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_backends_that_interleave_paths_refuse_identical_paths(backend):
+    m = make(hidden_size=16, init="identical", backend=backend)
+    with pytest.raises(ValueError, match=f"backend='{backend}'.*paths are identical"):
         m(torch.randn(2, 256, 5))
+    with torch.no_grad():  # the refusal reads the parameters now: once the paths differ, it runs
+        m.weight_hh_l0[0, 0] += 1.0
+    m(torch.randn(2, 256, 5))
+    assert m.last_backend == backend
 
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_auto_keeps_identical_paths_bitwise_identical(packed):
-    """DESIGN.md, symmetry: with init="identical" the upper and lower gradients are equal, bit for bit."""
-    H, B = 16, 256  # "auto" picks "fused" (dense) or "lstm2h" (packed) here
+    """With init="identical" the upper and lower gradients are equal, bit for bit."""
+    H, B = 16, 256  # enough work for "fused" (dense); "lstm2h" would take packed input
     m = make(hidden_size=H, num_layers=2, bidirectional=True, init="identical")
     x = torch.randn(5, B, 5)
     inp = pack_padded_sequence(x, torch.randint(1, 6, (B,)), enforce_sorted=False) if packed else x
     out, (_, c_n) = m(inp)
-    assert m.last_backend == ("lstm2h" if packed else "fused")
+    assert m.last_backend not in ("lstm2h", "fused")
     y = pad_packed_sequence(out)[0] if packed else out
     ((y * torch.randn(y.shape)).sum() + c_n.square().sum()).backward()  # a loss symmetric in the paths
     for name, p in m.named_parameters():
@@ -313,16 +331,19 @@ def test_auto_float64_is_exact():
     assert_rel(got, want, 1e-12)
 
 
-def test_auto_float16_and_autocast_avoid_fused():
+def test_auto_float16_and_autocast_run_where_the_kernels_can():
+    """float16 and CPU autocast never reach "fused" (float32/64 only); they run wherever torch's LSTM kernel
+    can run them on this CPU (a one-time probe), else on the reference loop -- never a oneDNN error."""
     B = FUSED_MIN_WORK_TRAIN // 64  # float32 would run "fused" here
     m = make(hidden_size=64, dtype=torch.float16)
-    m(torch.randn(2, B, 5, dtype=torch.float16))
-    assert m.last_backend == "lstm2h"
+    x = torch.randn(2, B, 5)
+    m(x.half())
+    assert m.last_backend in ("lstm2h", "reference")
     m = make(hidden_size=64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        m(torch.randn(2, B, 5))
-    assert m.last_backend == "lstm2h"
-    m(torch.randn(2, B, 5))
+        y, _ = m(x)
+    assert y.dtype == torch.bfloat16 and m.last_backend in ("lstm2h", "reference")
+    m(x)
     assert m.last_backend == "fused"
 
 
@@ -342,6 +363,7 @@ def test_explicit_backend_that_cannot_run_raises():
 
 def test_backend_names():
     assert set(available_backends()) == {"auto", "reference", "lstm2h", "fused", "native"}
+    assert "lstm2h" not in available_backends("gru")
     with pytest.raises(ValueError, match="lstm2h"):
         CerebralLSTM(3, 4, backend="cudnn")
     with pytest.raises(TypeError, match="backend"):

@@ -188,7 +188,7 @@ def test_cell_gradcheck(make, nstate):
     params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
     x = torch.randn(4, 3, dtype=F64, requires_grad=True)
     h = torch.randn(4, 2, dtype=F64, requires_grad=True)
-    c = torch.randn(4, 2 * cell.state_blocks, dtype=F64, requires_grad=True)
+    c = torch.randn(4, 2 * cell.num_paths, dtype=F64, requires_grad=True)
 
     def f(x, h, c, *ps):
         hx = (h, c) if nstate == 2 else h

@@ -153,9 +153,7 @@ def test_forward_bad_states(cls):
     for bad_h in (torch.zeros(2, 2, 4), torch.zeros(4, 3, 4), torch.zeros(4, 2, 8), torch.zeros(4, 4)):
         with pytest.raises(ValueError, match=r"h_0: expected shape \(4, 2, 4\)"):
             m(x, (bad_h, good_c))
-    bad_cs = [torch.zeros(2, 2, cw), torch.zeros(4, 1, cw), torch.zeros(4, 2, cw + 1)]
-    if cls is CerebralLSTM:
-        bad_cs.append(torch.zeros(4, 2, 4))  # c_0 with H instead of 2H
+    bad_cs = [torch.zeros(2, 2, cw), torch.zeros(4, 1, cw), torch.zeros(4, 2, cw + 1), torch.zeros(4, 2, 3)]
     for bad_c in bad_cs:
         with pytest.raises(ValueError, match=rf"c_0: expected shape \(4, 2, {cw}\)"):
             m(x, (good_h, bad_c))
@@ -205,9 +203,10 @@ def test_rnn_bad_state():
 def test_error_messages_say_expected_and_got():
     m = CerebralLSTM(3, 4)
     with pytest.raises(ValueError) as info:
-        m(torch.randn(6, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+        m(torch.randn(6, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 5)))
     msg = str(info.value)
-    assert "c_0" in msg and "expected" in msg and "(1, 2, 8)" in msg and "(1, 2, 4)" in msg
+    # both accepted shapes: a cell state per path (2H) or one for every path (H, as nn.LSTM's), and what came
+    assert "c_0" in msg and "expected" in msg and "(1, 2, 8)" in msg and "(1, 2, 4)" in msg and "(1, 2, 5)" in msg
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,7 +249,7 @@ def test_cell_bad_state(cls):
         cell(x, hx(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, cw)))
     if cls is not RNNCell:
         with pytest.raises(ValueError, match=rf"c: expected shape \(2, {cw}\)"):
-            bad_c = torch.zeros(2, cw + 4 if cls is LSTMCell else 4)  # Cerebral: H instead of 2H
+            bad_c = torch.zeros(2, cw + 4 if cls is LSTMCell else 6)  # neither H nor 2H
             cell(x, (torch.zeros(2, 4), bad_c))
         with pytest.raises(TypeError, match="hx"):
             cell(x, torch.zeros(2, 4))

@@ -58,8 +58,6 @@ def test_lstm_conversion_errors():
         lstm_from_torch(LSTM(3, 4))
     with pytest.raises(TypeError, match="module"):
         lstm_to_torch(nn.LSTM(3, 4))
-    with pytest.raises(ValueError, match="proj_size"):
-        lstm_from_torch(nn.LSTM(3, 4, proj_size=2))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -164,7 +162,7 @@ def test_cerebral_conversion_errors():
     with pytest.raises(ValueError, match="hidden_size"):
         cerebral_from_lstm2h(nn.LSTM(3, 7))
     with pytest.raises(ValueError, match="proj_size"):
-        cerebral_from_lstm2h(nn.LSTM(3, 8, proj_size=2))
+        cerebral_from_lstm2h(nn.LSTM(3, 8, proj_size=4))  # P must be < H = 8 / 2
     with pytest.raises(TypeError, match="module"):
         cerebral_from_lstm2h(LSTM(3, 8))
     with pytest.raises(TypeError, match="module"):

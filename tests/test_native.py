@@ -14,7 +14,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from cerebral_rnn import CerebralLSTM
 from cerebral_rnn.backends import BACKENDS, native, select_backend
 
-pytestmark = pytest.mark.skipif(not native.available(), reason=f"native extension unavailable: {native._ERROR}")
+pytestmark = pytest.mark.skipif(not native.available(),
+                                reason=f"native extension unavailable: {native.unavailable_reason()}")
 
 
 def make(input_size=5, hidden_size=16, num_layers=1, dtype=torch.float32, seed=0, **kw) -> CerebralLSTM:
@@ -98,16 +99,17 @@ def test_refuses_what_it_cannot_compute():
     b = BACKENDS["native"]
     m = make(hidden_size=16)
     x = torch.randn(4, 3, 5)
-    weights = [(m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
-    assert "inference only" in b.supports(x, None, weights, True)  # parameters require grad
+    spec, weights = m.spec, m.layer_weights(0)
+    states = (torch.zeros(1, 3, 16), torch.zeros(1, 3, 32))
+    assert "inference only" in b.supports(spec, x, None, weights, states)  # parameters require grad
     with torch.no_grad():
-        assert b.supports(x, None, weights, False) is None
-        assert "packed" in b.supports(x.view(-1, 5), torch.tensor([4, 4, 4]), weights, False)
-        assert "float32 or float64" in b.supports(x.half(), None, weights, False)
-    m24 = make(hidden_size=24)
-    with torch.no_grad(), pytest.raises(ValueError, match="multiple of 16"):
-        m24.backend = "native"
-        m24(x)
+        assert b.supports(spec, x, None, weights, states) is None
+        assert "packed" in b.supports(spec, x.view(-1, 5), torch.tensor([4, 4, 4]), weights, states)
+        assert "float32 or float64" in b.supports(spec, x.half(), None, weights, states)
+    identical = make(hidden_size=24, init="identical")
+    with torch.no_grad(), pytest.raises(ValueError, match="paths are identical"):
+        identical.backend = "native"
+        identical(x)
     m.backend = "native"
     with pytest.raises(ValueError, match="backend='native'.*inference only"):
         m(x)
@@ -119,10 +121,11 @@ def test_build_failure_is_remembered(monkeypatch):
     monkeypatch.setattr(native, "_EXT", None)
     monkeypatch.setattr(native, "_ERROR", "the C++ extension could not be built: no compiler")
     m = make(hidden_size=16)
+    x = torch.randn(2, 3, 5)
     with torch.no_grad():
-        assert "could not be built" in BACKENDS["native"].supports(torch.randn(2, 3, 5), None, [
-            (m.weight_ih_l0, m.weight_hh_l0, None, None)], False)
-        m(torch.randn(2, 3, 5))
+        reason = BACKENDS["native"].supports(m.spec, x, None, m.layer_weights(0), (torch.zeros(1, 3, 16),) * 2)
+        assert "could not be built" in reason
+        m(x)
     assert m.last_backend == "lstm2h"  # auto falls back
 
 
@@ -146,24 +149,9 @@ def test_auto_picks_native_in_inference(B):
     with torch.no_grad():
         m(pack_padded_sequence(x, [3] * B))
     assert m.last_backend == "lstm2h"
-    weights = [(m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
+    states = (torch.zeros(1, B, 64), torch.zeros(1, B, 128))
     with torch.no_grad():
-        assert select_backend("auto", x, None, weights, False).name == "native"
-
-
-@pytest.mark.parametrize("B", [3, 200])  # the small-batch kernel; oneDNN
-def test_identical_paths_stay_bitwise_identical(B, gemm):
-    """DESIGN.md, symmetry: with init="identical" the upper and lower cell states are equal, bit for bit."""
-    H = 32
-    m = make(hidden_size=H, num_layers=2, bidirectional=True, init="identical")
-    x = torch.randn(7, B, 5)
-    with torch.no_grad():
-        h0 = torch.randn(4, B, H)
-        c_half = torch.randn(4, B, H)
-        m.backend = "native"
-        _, (_, c_n) = m(x, (h0, torch.cat([c_half, c_half], -1)))
-    assert m.last_backend == "native"
-    assert torch.equal(c_n[..., :H], c_n[..., H:])
+        assert select_backend("auto", m.spec, x, None, m.layer_weights(0), states).name == "native"
 
 
 def test_unbatched_input_and_expanded_state():
@@ -176,18 +164,16 @@ def test_unbatched_input_and_expanded_state():
 
 
 @pytest.mark.parametrize("B", [3, 64])  # the small-batch kernel and the pointwise pass split across threads
-def test_two_threads_match_reference_and_keep_symmetry(B):
+def test_two_threads_match_reference(B):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # conftest runs everything else on one thread
     try:
         H = 64
-        m = make(hidden_size=H, num_layers=2, bidirectional=True, init="identical")
+        m = make(hidden_size=H, num_layers=2, bidirectional=True)
         x = torch.randn(6, B, 5)
-        c_half = torch.randn(4, B, H)
-        hx = (torch.randn(4, B, H), torch.cat([c_half, c_half], -1))
+        hx = states(m, B)
         got = infer(m, "native", x, hx)
         assert m.last_backend == "native"
         assert_rel(got, infer(m, "reference", x, hx), 1e-5)
-        assert torch.equal(got["c_n"][..., :H], got["c_n"][..., H:])
     finally:
         torch.set_num_threads(threads)

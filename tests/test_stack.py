@@ -108,8 +108,8 @@ def test_factory_options_and_float64():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="kind.*rnn.*lstm.*cerebral"):
-        StackedRNN(3).add_layer("gru", 4)
+    with pytest.raises(ValueError, match="kind.*rnn.*lstm.*gru.*cerebral.*cerebral-peephole.*cerebral-gru"):
+        StackedRNN(3).add_layer("transformer", 4)
     with pytest.raises(TypeError, match="input_size"):
         StackedRNN(3).add_layer("lstm", 4, input_size=3)
     with pytest.raises(TypeError, match="batch_first"):

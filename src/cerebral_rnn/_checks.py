@@ -37,11 +37,15 @@ def check_dropout(dropout, num_layers: int) -> float:
     return float(dropout)
 
 
-def check_like(name: str, t: Tensor, ref: Tensor) -> None:
-    """``t`` must be a tensor with ``ref``'s dtype and device."""
+def check_like(name: str, t: Tensor, ref: Tensor, any_float: bool = False) -> None:
+    """``t`` must be a tensor with ``ref``'s dtype (any floating dtype with ``any_float``, e.g. under autocast)
+    and device."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a Tensor, got {type(t).__name__}")
-    if t.dtype != ref.dtype:
+    if any_float:
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor (autocast is on), got dtype {t.dtype}")
+    elif t.dtype != ref.dtype:
         raise TypeError(f"{name}: expected dtype {ref.dtype} (the parameters' dtype), got {t.dtype}")
     if t.device != ref.device:
         raise ValueError(f"{name}: expected a tensor on {ref.device} (the parameters' device), got {t.device}")

@@ -1,19 +1,22 @@
-r"""Reference cells: one time step each, written to read like the equations they implement.
+r"""One-step cells: ``h1 = cell(x, h0)`` or ``h1, c1 = cell(x, (h0, c0))``, state optional.
 
-These are the oracle of the library. Every layer and every fused backend is tested against the step
-functions here (which are themselves tested against independent float64 transcriptions and ``torch.nn``).
+Each cell is one kind of :mod:`cerebral_rnn.kinds` (whose path step functions are the oracle every layer and
+backend is tested against), with ``num_paths`` paths for the Cerebral family. Parameter layout:
 
-Parameter layout (fixed; :mod:`cerebral_rnn.convert` and the backends rely on it):
+=================================  ===================  ====================================================
+cell                               ``weight_ih`` rows   row blocks
+=================================  ===================  ====================================================
+:class:`RNNCell`                   H                    --
+:class:`LSTMCell`                  4H                   i, f, g, o  (as ``torch.nn.LSTMCell``)
+:class:`GRUCell`                   3H                   r, z, n  (as ``torch.nn.GRUCell``)
+:class:`CerebralLSTMCell`          4KH                  path 1 i, f, g, o, then path 2, ...
+:class:`CerebralPeepholeLSTMCell`  4KH                  as CerebralLSTMCell; plus ``peephole`` (3KH): w_ci, w_cf, w_co per path
+:class:`CerebralGRUCell`           3KH                  path 1 r, z, n, then path 2, ...
+=================================  ===================  ====================================================
 
-============================  ==================  ==============================================
-cell                          ``weight_ih`` rows   gate order
-============================  ==================  ==============================================
-:class:`RNNCell`              H                   --
-:class:`LSTMCell`             4H                  i, f, g, o  (as ``torch.nn.LSTMCell``)
-:class:`CerebralLSTMCell`     8H                  upper i, f, g, o, then lower i, f, g, o
-============================  ==================  ==============================================
-
-``weight_hh`` has the same rows and H columns; ``bias_ih`` and ``bias_hh`` have the same rows.
+``weight_hh`` has the same rows and H columns; ``bias_ih`` and ``bias_hh`` have the same rows. Cells with a
+cell state take ``c`` of K*H features (``[c_1 | ... | c_K]``), or H features to start every path from the same
+cell state.
 """
 
 from __future__ import annotations
@@ -24,94 +27,36 @@ from torch import Tensor, nn
 
 from . import init as _init
 from ._checks import check_cell_input, check_positive_int, check_state
+from .kinds import KINDS, CellKind, paths_step
+from .layout import DirectionWeights, LayerSpec, split_paths
 
-__all__ = [
-    "RNNCell",
-    "LSTMCell",
-    "CerebralLSTMCell",
-    "rnn_step",
-    "lstm_step",
-    "cerebral_lstm_step",
-    "cerebral_lstm_pointwise",
-    "lstm_pointwise",
-]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "CerebralLSTMCell", "CerebralPeepholeLSTMCell", "CerebralGRUCell",
+           "cell_step"]
 
 
-# --------------------------------------------------------------------------------------------------------
-# Step functions. ``gates`` is the full pre-activation W_ih x + b_ih + W_hh h + b_hh.
-# --------------------------------------------------------------------------------------------------------
-
-
-def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """LSTM after its matmuls: ``gates`` (B, 4H) rows i, f, g, o; ``c`` (B, H) -> (h', c')."""
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h_new = torch.sigmoid(o) * torch.tanh(c_new)
-    return h_new, c_new
-
-
-def cerebral_lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Cerebral LSTM after its matmuls (Kumar 2020, eqs. 1-11).
-
-    ``gates`` (B, 8H): upper i, f, g, o then lower i, f, g, o. ``c`` (B, 2H) = ``[UC | LC]``.
-    Returns ``h'`` (B, H) and ``c'`` (B, 2H).
-    """
-    ui, uf, ug, uo, li, lf, lg, lo = gates.chunk(8, dim=-1)
-    uc, lc = c.chunk(2, dim=-1)
-    uc_new = torch.sigmoid(uf) * uc + torch.sigmoid(ui) * torch.tanh(ug)  # UC = Uf*UC(t-1) + Ui*UCtmp
-    lc_new = torch.sigmoid(lf) * lc + torch.sigmoid(li) * torch.tanh(lg)  # LC = Lf*LC(t-1) + Li*LCtmp
-    h_new = torch.sigmoid(uo) * torch.tanh(uc_new) + torch.sigmoid(lo) * torch.tanh(lc_new)  # h = Uo*tanh(UC) + Lo*tanh(LC)
-    return h_new, torch.cat([uc_new, lc_new], dim=-1)
-
-
-def rnn_step(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
-             nonlinearity: str = "tanh") -> Tensor:
-    """Elman step: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``."""
-    pre = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
-    return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
-
-
-def lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-              b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
-    """One LSTM step (torch.nn.LSTMCell's equations and gate order)."""
-    return lstm_pointwise(F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh), c)
-
-
-def _per_path_linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """``W x + b`` for the upper rows (first half) and the lower rows (second half) separately, concatenated.
-
-    Both paths then go through the same kernels on operands of the same shape, so identical paths get bitwise
-    identical values and gradients (one GEMM over all 8H rows rounds the bias gradient of a column differently
-    depending on its position, and identical paths drift apart in training; see :mod:`cerebral_rnn.init`).
-    """
-    bs = b.chunk(2) if b is not None else (None, None)
-    return torch.cat([F.linear(x, wp, bp) for wp, bp in zip(w.chunk(2), bs)], dim=-1)
-
-
-def cerebral_lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-                       b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
-    """One Cerebral LSTM step: both paths read the same ``[h(t-1), x(t)]``; ``c`` is ``[UC | LC]``."""
-    return cerebral_lstm_pointwise(_per_path_linear(x, w_ih, b_ih) + _per_path_linear(h, w_hh, b_hh), c)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Modules
-# --------------------------------------------------------------------------------------------------------
+def cell_step(spec: LayerSpec, x: Tensor, h: Tensor, c: Tensor | None, w: DirectionWeights):
+    """One step of a cell: ``x`` (B, I), ``h`` (B, H), ``c`` (B, K*H) or None. Returns ``(h', c')`` (``c'`` None
+    for kinds without a cell state). Every path is computed separately (see :func:`~cerebral_rnn.layout.split_paths`)."""
+    pw = split_paths(w, spec)
+    gx = [F.linear(x, pw.w_ih[k], pw.b_x[k]) for k in range(spec.paths)]
+    cells = list(c.split(spec.hidden_size, dim=-1)) if c is not None else None
+    h, cells = paths_step(spec.kind, gx, h, cells, pw.w_hh, pw.b_h, pw.peephole, pw.w_hr)
+    return h, (torch.cat(cells, dim=-1) if cells is not None else None)
 
 
 class _CellBase(nn.Module):
-    gate_blocks: int = 1  # rows of weight_ih, in units of hidden_size
-    state_blocks: int = 1  # width of the cell state, in units of hidden_size (0: no cell state)
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, kind: str, input_size: int, hidden_size: int, bias: bool = True, num_paths: int = 1,
+                 device=None, dtype=None) -> None:
         super().__init__()
+        self.kind: CellKind = KINDS[kind]
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.num_paths = check_positive_int("num_paths", num_paths)
         if not isinstance(bias, bool):
             raise TypeError(f"bias: expected a bool, got {type(bias).__name__}")
         self.bias = bias
         kw = {"device": device, "dtype": dtype}
-        rows = self.gate_blocks * hidden_size
+        rows = self.spec.rows
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **kw))
         self.weight_hh = nn.Parameter(torch.empty(rows, hidden_size, **kw))
         if bias:
@@ -120,47 +65,79 @@ class _CellBase(nn.Module):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        if self.kind.peephole:
+            self.peephole = nn.Parameter(torch.empty(3 * hidden_size * num_paths, **kw))
+
+    @property
+    def spec(self) -> LayerSpec:
+        return LayerSpec(self.kind, self.num_paths, self.hidden_size)
+
+    def _weights(self) -> DirectionWeights:
+        return DirectionWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                                getattr(self, "peephole", None))
+
+    def reset_parameters(self) -> None:
+        w = self._weights()
+        _init.init_cerebral_(w.w_ih, w.w_hh, w.b_ih, w.b_hh, self.hidden_size,
+                             scheme=getattr(self, "init", "distinct"), forget_bias=getattr(self, "forget_bias", None),
+                             paths=self.num_paths, peephole=w.peephole, gate_blocks=self.kind.gate_blocks,
+                             forget_gate=self.kind.forget_gate)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
+        if self.num_paths != (2 if hasattr(self, "init") else 1):
+            s += f", num_paths={self.num_paths}"
+        if getattr(self, "init", "distinct") != "distinct":
+            s += f", init={self.init!r}"
         return s
 
-    def _prepare(self, x: Tensor, hx, names: tuple[str, ...]):
-        """Check input and state; return batched x, the state tensors (zeros if absent), and whether batched."""
+    def forward(self, x: Tensor, hx=None):
         batched = check_cell_input(x, self.input_size, self.weight_ih)
         if not batched:
             x = x.unsqueeze(0)
-        batch = x.shape[0]
-        widths = (self.hidden_size, self.state_blocks * self.hidden_size)[: len(names)]
+        batch, H, K = x.shape[0], self.hidden_size, self.num_paths
+        has_cell = self.kind.has_cell
         if hx is None:
-            states = [x.new_zeros(batch, w) for w in widths]
+            h = x.new_zeros(batch, H)
+            c = x.new_zeros(batch, K * H) if has_cell else None
         else:
-            if len(names) == 1:
-                hx = (hx,)
-            elif not isinstance(hx, (tuple, list)) or len(hx) != len(names):
-                raise TypeError(f"hx: expected a tuple ({', '.join(names)}), got {type(hx).__name__}")
-            states = []
-            for name, s, w in zip(names, hx, widths):
-                expected = (batch, w) if batched else (w,)
-                check_state(name, s, expected, self.weight_ih)
-                states.append(s if batched else s.unsqueeze(0))
-        return x, states, batched
+            if has_cell:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise TypeError(f"hx: expected a tuple (h, c), got {type(hx).__name__}")
+                h, c = hx
+            else:
+                h, c = hx, None
+            check_state("h", h, (batch, H) if batched else (H,), self.weight_ih)
+            if not batched:
+                h = h.unsqueeze(0)
+            if has_cell:
+                c = self._check_c(c, batch, batched)
+        h, c = cell_step(self.spec, x, h, c, self._weights())
+        if not batched:
+            h, c = h.squeeze(0), (c.squeeze(0) if c is not None else None)
+        return (h, c) if has_cell else h
+
+    def _check_c(self, c, batch: int, batched: bool) -> Tensor:
+        H, K = self.hidden_size, self.num_paths
+        full = (batch, K * H) if batched else (K * H,)
+        one = (batch, H) if batched else (H,)
+        if K > 1 and isinstance(c, Tensor) and tuple(c.shape) == one:
+            c = c.repeat(*([1] * (c.dim() - 1)), K)  # one cell state for every path
+        elif K > 1 and isinstance(c, Tensor) and tuple(c.shape) != full:
+            raise ValueError(f"c: expected shape {full} (a cell state per path) or {one} (one for every path), "
+                             f"got {tuple(c.shape)}")
+        check_state("c", c, full, self.weight_ih)
+        return c if batched else c.unsqueeze(0)
 
 
 class RNNCell(_CellBase):
     r"""Elman RNN cell: :math:`h' = \tanh(W_{ih} x + b_{ih} + W_{hh} h + b_{hh})` (or ReLU).
 
-    Args:
-        input_size: features of ``x``. hidden_size: features of ``h``. bias: use ``b_ih``, ``b_hh``.
-        nonlinearity: ``"tanh"`` or ``"relu"``.
-
-    Inputs: ``x`` (B, H_in) or (H_in,); ``h`` (B, H) or (H,), zeros when omitted.
-    Output: ``h'`` of the same batching.
-
-    Parameters: ``weight_ih`` (H, H_in), ``weight_hh`` (H, H), ``bias_ih``, ``bias_hh`` (H,), all drawn from
-    U(-1/sqrt(H), 1/sqrt(H)), as ``torch.nn.RNNCell``.
+    Args: ``input_size``, ``hidden_size``, ``bias``, ``nonlinearity`` (``"tanh"`` or ``"relu"``), ``device``,
+    ``dtype``. Inputs: ``x`` (B, H_in) or (H_in,); ``h`` (B, H) or (H,), zeros when omitted. Output: ``h'``.
+    Parameters as ``torch.nn.RNNCell``, drawn from U(-1/sqrt(H), 1/sqrt(H)).
 
     >>> cell = RNNCell(10, 20)
     >>> cell(torch.randn(3, 10)).shape
@@ -171,17 +148,9 @@ class RNNCell(_CellBase):
                  device=None, dtype=None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        super().__init__(input_size, hidden_size, bias, device, dtype)
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, bias, 1, device, dtype)
         self.nonlinearity = nonlinearity
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        _init.uniform_(self.parameters(), self.hidden_size)
-
-    def forward(self, x: Tensor, hx: Tensor | None = None) -> Tensor:
-        x, (h,), batched = self._prepare(x, hx, ("h",))
-        h = rnn_step(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
-        return h if batched else h.squeeze(0)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.nonlinearity == "tanh" else ", nonlinearity='relu'")
@@ -198,10 +167,8 @@ class LSTMCell(_CellBase):
         c' = f \odot c + i \odot g \qquad h' = o \odot \tanh(c')
 
     Inputs: ``x`` (B, H_in) or (H_in,); ``(h, c)`` each (B, H) or (H,), zeros when omitted.
-    Outputs: ``(h', c')``.
-
-    Parameters: ``weight_ih`` (4H, H_in), ``weight_hh`` (4H, H), ``bias_ih``, ``bias_hh`` (4H,); rows i, f, g,
-    o. Drawn from U(-1/sqrt(H), 1/sqrt(H)); ``forget_bias`` (if given) sets ``bias_ih``'s f rows to it and
+    Outputs: ``(h', c')``. Parameters: ``weight_ih`` (4H, H_in), ``weight_hh`` (4H, H), ``bias_ih``,
+    ``bias_hh`` (4H,); rows i, f, g, o. ``forget_bias`` (if given) sets ``bias_ih``'s f rows to it and
     ``bias_hh``'s f rows to 0.
 
     >>> h, c = LSTMCell(10, 20)(torch.randn(3, 10))
@@ -209,27 +176,38 @@ class LSTMCell(_CellBase):
     (torch.Size([3, 20]), torch.Size([3, 20]))
     """
 
-    gate_blocks = 4
-
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = None,
                  device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, device, dtype)
+        super().__init__("lstm", input_size, hidden_size, bias, 1, device, dtype)
         self.forget_bias = _init.check_forget_bias(forget_bias)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        _init.init_lstm_(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.hidden_size,
-                         forget_bias=self.forget_bias)
 
-    def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        x, (h, c), batched = self._prepare(x, hx, ("h", "c"))
-        h, c = lstm_step(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+class GRUCell(_CellBase):
+    r"""GRU cell with ``torch.nn.GRUCell``'s equations (:class:`~cerebral_rnn.GRU`), gate order r, z, n and
+    parameter names.
+
+    >>> GRUCell(10, 20)(torch.randn(3, 10)).shape
+    torch.Size([3, 20])
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__("gru", input_size, hidden_size, bias, 1, device, dtype)
+        self.reset_parameters()
 
 
-class CerebralLSTMCell(_CellBase):
-    r"""Cerebral LSTM cell (Kumar, SN Computer Science 1, 85, 2020): two LSTM paths, *upper* (U) and *lower*
-    (L), read the same ``[h(t-1), x(t)]``; their outputs are added.
+class _CerebralCellBase(_CellBase):
+    def __init__(self, kind: str, input_size: int, hidden_size: int, bias: bool, num_paths: int, init: str,
+                 forget_bias, device, dtype) -> None:
+        super().__init__(kind, input_size, hidden_size, bias, num_paths, device, dtype)
+        self.init = _init.check_scheme(init)
+        self.forget_bias = _init.check_forget_bias(forget_bias)
+        self.reset_parameters()
+
+
+class CerebralLSTMCell(_CerebralCellBase):
+    r"""Cerebral LSTM cell (Kumar, SN Computer Science 1, 85, 2020): K = ``num_paths`` LSTM paths (the paper's
+    *upper* and *lower* for K = 2) read the same ``[h(t-1), x(t)]``; their outputs are added.
 
     .. math::
         U_f = \sigma(W_{uf} [h, x] + b_{uf}) \qquad L_f = \sigma(W_{lf} [h, x] + b_{lf}) \\
@@ -244,17 +222,18 @@ class CerebralLSTMCell(_CellBase):
 
     Args:
         input_size, hidden_size, bias: as ``torch.nn.LSTMCell``.
-        init: ``"distinct"`` (default; the two paths drawn independently) or ``"identical"`` (the lower path
-            starts as an exact copy of the upper path). See :mod:`cerebral_rnn.init`.
-        forget_bias: if given, the forget-gate bias of both paths (``bias_ih`` f rows; ``bias_hh`` f rows 0).
+        num_paths: K (default 2, the paper's cell; 1 is ``torch.nn.LSTMCell``).
+        init: ``"distinct"`` (default; paths drawn independently) or ``"identical"`` (every path starts as an
+            exact copy of the first). See :mod:`cerebral_rnn.init`.
+        forget_bias: if given, the forget-gate bias of every path (``bias_ih`` f rows; ``bias_hh`` f rows 0).
 
-    Inputs: ``x`` (B, H_in) or (H_in,); ``(h, c)`` with ``h`` (B, H) and ``c`` (B, 2H) = ``[UC | LC]``
-    (unbatched: (H,), (2H,)); zeros when omitted.
+    Inputs: ``x`` (B, H_in) or (H_in,); ``(h, c)`` with ``h`` (B, H) and ``c`` (B, K*H) = ``[UC | LC]`` (or
+    (B, H): every path starts from it); unbatched: drop B. Zeros when omitted.
 
-    Outputs: ``(h', c')`` of the same shapes.
+    Outputs: ``(h', c')`` with ``c'`` (B, K*H).
 
-    Parameters: ``weight_ih`` (8H, H_in), ``weight_hh`` (8H, H), ``bias_ih``, ``bias_hh`` (8H,). Rows: upper
-    path i, f, g, o, then lower path i, f, g, o, H rows each (``torch.nn.LSTMCell``'s gate order, twice).
+    Parameters: ``weight_ih`` (4KH, H_in), ``weight_hh`` (4KH, H), ``bias_ih``, ``bias_hh`` (4KH,). Rows: upper
+    path i, f, g, o, then lower path i, f, g, o (then further paths), H rows each.
 
     >>> cell = CerebralLSTMCell(10, 20)
     >>> h, c = cell(torch.randn(3, 10))
@@ -262,24 +241,36 @@ class CerebralLSTMCell(_CellBase):
     (torch.Size([3, 20]), torch.Size([3, 40]))
     """
 
-    gate_blocks = 8
-    state_blocks = 2
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init: str = "distinct",
+                 forget_bias: float | None = None, device=None, dtype=None, *, num_paths: int = 2) -> None:
+        super().__init__("lstm", input_size, hidden_size, bias, num_paths, init, forget_bias, device, dtype)
+
+
+class CerebralPeepholeLSTMCell(_CerebralCellBase):
+    r"""One step of :class:`~cerebral_rnn.CerebralPeepholeLSTM`: K peephole-LSTM paths, outputs added.
+
+    Parameters as :class:`CerebralLSTMCell` plus ``peephole`` (3KH,): path k's ``w_ci, w_cf, w_co``.
+
+    >>> h, c = CerebralPeepholeLSTMCell(10, 20)(torch.randn(3, 10))
+    >>> h.shape, c.shape
+    (torch.Size([3, 20]), torch.Size([3, 40]))
+    """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init: str = "distinct",
-                 forget_bias: float | None = None, device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, device, dtype)
-        self.init = _init.check_scheme(init)
-        self.forget_bias = _init.check_forget_bias(forget_bias)
-        self.reset_parameters()
+                 forget_bias: float | None = None, device=None, dtype=None, *, num_paths: int = 2) -> None:
+        super().__init__("peephole", input_size, hidden_size, bias, num_paths, init, forget_bias, device, dtype)
 
-    def reset_parameters(self) -> None:
-        _init.init_cerebral_(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.hidden_size,
-                             scheme=self.init, forget_bias=self.forget_bias)
 
-    def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        x, (h, c), batched = self._prepare(x, hx, ("h", "c"))
-        h, c = cerebral_lstm_step(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+class CerebralGRUCell(_CerebralCellBase):
+    r"""One step of :class:`~cerebral_rnn.CerebralGRU`: K GRU paths, ``h' = mean_k h'_k``.
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", init={self.init!r}"
+    Parameters: ``weight_ih`` (3KH, H_in), ``weight_hh`` (3KH, H), ``bias_ih``, ``bias_hh`` (3KH,); rows path 1
+    r, z, n, then path 2, ...
+
+    >>> CerebralGRUCell(10, 20)(torch.randn(3, 10)).shape
+    torch.Size([3, 20])
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init: str = "distinct",
+                 device=None, dtype=None, *, num_paths: int = 2) -> None:
+        super().__init__("gru", input_size, hidden_size, bias, num_paths, init, None, device, dtype)

@@ -1,13 +1,22 @@
-r"""Sequence layers with ``torch.nn.LSTM``'s contract: ``RNN``, ``LSTM`` and ``CerebralLSTM``.
+r"""Sequence layers with ``torch.nn.LSTM``'s contract.
 
-Symbols: N batch size, L sequence length, D = 2 if bidirectional else 1, H_in input size, H hidden size.
+``RNN``, ``LSTM``, ``GRU`` (one path: torch's equations, run by torch's fused ops) and the Cerebral family:
+``CerebralLSTM`` (Kumar 2020; ``num_paths`` LSTM paths), ``CerebralPeepholeLSTM`` and ``CerebralGRU``. Each is a
+:class:`_RNNBase` over one cell kind of :mod:`cerebral_rnn.kinds`: the same parameters, checks, layer stacking,
+directions, packing and state handling; only the kind and the backends differ.
 
-Each layer runs a time loop over its cell, layer after layer, with dropout between layers in training only.
+Symbols: N batch size, L sequence length, D = 2 if bidirectional else 1, H_in input size, H hidden size,
+K number of paths, P proj_size, H_out = P if P > 0 else H.
+
 Inputs may be ``(L, N, H_in)`` (``(N, L, H_in)`` with ``batch_first=True``), unbatched ``(L, H_in)``, or a
 ``PackedSequence``; the output has the same form. Final states are taken at each sequence's own length.
+Dropout is applied between layers in training only. Under autocast (CPU or CUDA) a layer with float32
+parameters computes in the autocast dtype, casting its input, states and weights, as torch's fused LSTM does.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -17,79 +26,143 @@ from torch.nn.utils.rnn import PackedSequence
 from . import backends as _backends
 from . import init as _init
 from ._checks import check_bool, check_dropout, check_like, check_positive_int
-from .backends.reference import lstm_state_pointwise, rnn_pointwise, run_layer
+from .backends._compile import run_eager_under_compile
+from .kinds import KINDS, CellKind
+from .layout import DirectionWeights, LayerSpec
 
-__all__ = ["RNN", "LSTM", "CerebralLSTM"]
+__all__ = ["RNN", "LSTM", "GRU", "CerebralLSTM", "CerebralPeepholeLSTM", "CerebralGRU"]
+
+
+def _check_proj_size(proj_size, hidden_size: int, kind: CellKind) -> int:
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int):
+        raise TypeError(f"proj_size: expected an int >= 0, got {type(proj_size).__name__} {proj_size!r}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size: expected an int >= 0 (0 disables the projection), got {proj_size}")
+    if proj_size and not kind.projection:
+        raise ValueError(f"proj_size: only LSTM kinds project their output, got proj_size={proj_size}")
+    if proj_size and proj_size >= hidden_size:
+        raise ValueError(f"proj_size: expected less than hidden_size={hidden_size}, got {proj_size}")
+    return int(proj_size)
+
+
+def _autocast_dtype(x: Tensor, params_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a layer computes in under autocast (None when autocast is off for x's device): the autocast
+    dtype for float32 parameters (as torch's fused LSTM casts them), else the parameters' own dtype."""
+    device_type = x.device.type
+    if not x.is_floating_point() or device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    if params_dtype == torch.float32:
+        return torch.get_autocast_dtype(device_type)
+    return params_dtype
 
 
 class _RNNBase(nn.Module):
-    """Shared constructor, parameters and forward driver. Subclasses set the block counts and ``_run_layer``."""
+    """Shared constructor, parameters, checks and forward driver over one cell kind."""
 
-    gate_blocks: int = 1  # rows of weight_ih in units of H
-    state_blocks: tuple[int, ...] = (1,)  # widths of the state tensors (h first) in units of H
-    state_names: tuple[str, ...] = ("h_0",)
+    _backend_names: tuple[str, ...] = ("auto", "torch", "reference")
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None) -> None:
+    def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, num_paths: int = 1,
+                 proj_size: int = 0, device=None, dtype=None) -> None:
         super().__init__()
+        self.kind: CellKind = KINDS[kind]
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
+        self.num_paths = check_positive_int("num_paths", num_paths)
         self.bias = check_bool("bias", bias)
         self.batch_first = check_bool("batch_first", batch_first)
         self.bidirectional = check_bool("bidirectional", bidirectional)
         self.dropout = check_dropout(dropout, num_layers)
+        self.proj_size = _check_proj_size(proj_size, hidden_size, self.kind)
         kw = {"device": device, "dtype": dtype}
-        rows, H, D = self.gate_blocks * hidden_size, hidden_size, self.num_directions
-        self._flat_weights_names: list[str] = []
+        spec, D = self.spec, self.num_directions
+        self._all_weights: list[list[str]] = []
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else H * D
+            layer_input = input_size if layer == 0 else spec.out_size * D
             for direction in range(D):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = {"weight_ih": (rows, layer_input), "weight_hh": (rows, H)}
+                shapes = {"weight_ih": (spec.rows, layer_input), "weight_hh": (spec.rows, spec.out_size)}
                 if bias:
-                    shapes.update(bias_ih=(rows,), bias_hh=(rows,))
+                    shapes.update(bias_ih=(spec.rows,), bias_hh=(spec.rows,))
+                if self.kind.peephole:
+                    shapes["peephole"] = (3 * hidden_size * self.num_paths,)
+                if self.proj_size:
+                    shapes["weight_hr"] = (self.proj_size, hidden_size)
+                names = []
                 for name, shape in shapes.items():
                     setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **kw)))
-                    self._flat_weights_names.append(name + suffix)
+                    names.append(name + suffix)
+                self._all_weights.append(names)
+        self._flat_weights_names = [n for names in self._all_weights for n in names]
+
+    # -- description --------------------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> LayerSpec:
+        return LayerSpec(self.kind, self.num_paths, self.hidden_size, self.proj_size)
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def layer_weights(self, layer: int) -> list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]]:
-        """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of each direction of ``layer`` (bias None if absent)."""
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return ("h_0", "c_0") if self.kind.has_cell else ("h_0",)
+
+    def layer_weights(self, layer: int) -> list[DirectionWeights]:
+        """The parameters of each direction of ``layer`` (absent ones None)."""
         out = []
         for direction in range(self.num_directions):
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            out.append(tuple(getattr(self, n + suffix, None)
-                             for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+            out.append(DirectionWeights(*(getattr(self, n + suffix, None) for n in
+                                          ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "peephole", "weight_hr"))))
         return out
 
     @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
     def all_weights(self) -> list[list[Tensor]]:
-        return [[w for w in ws if w is not None] for layer in range(self.num_layers)
-                for ws in self.layer_weights(layer)]
+        """Per layer and direction, the parameters in ``torch.nn.LSTM``'s order."""
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for ``torch.nn.LSTM``."""
 
+    def reset_parameters(self) -> None:
+        scheme = getattr(self, "init", "distinct")
+        forget = getattr(self, "forget_bias", None)
+        for layer in range(self.num_layers):
+            for w in self.layer_weights(layer):
+                _init.init_cerebral_(w.w_ih, w.w_hh, w.b_ih, w.b_hh, self.hidden_size, scheme=scheme,
+                                     forget_bias=forget, paths=self.num_paths, peephole=w.peephole,
+                                     gate_blocks=self.kind.gate_blocks, forget_gate=self.kind.forget_gate)
+                if w.w_hr is not None:
+                    _init.uniform_((w.w_hr,), self.hidden_size)
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False)):
+                              ("bidirectional", False), ("proj_size", 0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s
 
+    def __prepare_scriptable__(self):
+        raise TypeError(
+            f"torch.jit.script: {type(self).__name__} cannot be scripted: its forward chooses a backend for each "
+            "call in Python (and TorchScript is deprecated); use torch.jit.trace, torch.export.export or "
+            "torch.compile instead, which all run it")
+
     # -- forward driver ----------------------------------------------------------------------------------
 
-    def _check_input(self, input):
+    def _check_input(self, input, compute_dtype):
         ref = self.weight_ih_l0
         if isinstance(input, PackedSequence):
             x, batch_sizes, sorted_indices, unsorted_indices = input
-            check_like("input", x, ref)
+            check_like("input", x, ref, any_float=compute_dtype is not None)
             if x.dim() != 2:
                 raise ValueError(f"input: expected PackedSequence data of 2 dimensions, got {x.dim()}")
             if x.shape[-1] != self.input_size:
@@ -98,7 +171,7 @@ class _RNNBase(nn.Module):
             return x, batch_sizes, sorted_indices, unsorted_indices, True
         if not isinstance(input, Tensor):
             raise TypeError(f"input: expected a Tensor or PackedSequence, got {type(input).__name__}")
-        check_like("input", input, ref)
+        check_like("input", input, ref, any_float=compute_dtype is not None)
         if input.dim() not in (2, 3):
             raise ValueError(f"input: expected a 2-D (unbatched) or 3-D (batched) tensor, got {input.dim()}-D "
                              f"with shape {tuple(input.shape)}")
@@ -116,23 +189,33 @@ class _RNNBase(nn.Module):
             x = input
         return x, None, None, None, batched
 
-    def _initial_states(self, hx, x: Tensor, batch: int, batched: bool, sorted_indices):
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
-        widths = [b * H for b in self.state_blocks]
+    def _initial_states(self, hx, x: Tensor, batch: int, batched: bool, sorted_indices, compute_dtype):
+        LD, spec = self.num_layers * self.num_directions, self.spec
+        widths = [spec.out_size] + ([spec.cell_size] if self.kind.has_cell else [])
         if hx is None:
             return [x.new_zeros(LD, batch, w) for w in widths]
-        if len(self.state_names) == 1:
+        names = self.state_names
+        if len(names) == 1:
+            if isinstance(hx, (tuple, list)):
+                raise TypeError(f"hx: expected a Tensor h_0, got a {type(hx).__name__} of length {len(hx)}")
             hx = (hx,)
-        elif not isinstance(hx, (tuple, list)) or len(hx) != len(self.state_names):
-            raise TypeError(f"hx: expected a tuple ({', '.join(self.state_names)}), got {type(hx).__name__}"
+        elif not isinstance(hx, (tuple, list)) or len(hx) != len(names):
+            raise TypeError(f"hx: expected a tuple ({', '.join(names)}), got {type(hx).__name__}"
                             + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+        kind_word = "batched" if batched else "unbatched"
         states = []
-        for name, s, w in zip(self.state_names, hx, widths):
-            check_like(name, s, self.weight_ih_l0)
-            expected = (LD, batch, w) if batched else (LD, w)
-            if tuple(s.shape) != expected:
-                kind = "batched" if batched else "unbatched"
-                raise ValueError(f"{name}: expected shape {expected} for {kind} input, got {tuple(s.shape)}")
+        for name, s, w in zip(names, hx, widths):
+            check_like(name, s, self.weight_ih_l0, any_float=compute_dtype is not None)
+            shape = (LD, batch, w) if batched else (LD, w)
+            if name == "c_0" and self.num_paths > 1:
+                one = shape[:-1] + (self.hidden_size,)  # nn.LSTM's shape: one cell state for every path
+                if tuple(s.shape) == one:
+                    s = s.repeat(*([1] * (s.dim() - 1)), self.num_paths)
+                elif tuple(s.shape) != shape:
+                    raise ValueError(f"{name}: expected shape {shape} (a cell state per path) or {one} (one for "
+                                     f"every path, as torch.nn.LSTM's) for {kind_word} input, got {tuple(s.shape)}")
+            elif tuple(s.shape) != shape:
+                raise ValueError(f"{name}: expected shape {shape} for {kind_word} input, got {tuple(s.shape)}")
             if not batched:
                 s = s.unsqueeze(1)
             if sorted_indices is not None:
@@ -140,22 +223,34 @@ class _RNNBase(nn.Module):
             states.append(s)
         return states
 
-    def _run_layer(self, layer: int, x: Tensor, batch_sizes: Tensor | None, states: list[Tensor]):
+    def _run_layer(self, layer: int, x: Tensor, batch_sizes: Tensor | None, states: list[Tensor], cast):
         raise NotImplementedError
 
+    def _layer_weights_as(self, layer: int, dtype: torch.dtype | None) -> list[DirectionWeights]:
+        weights = self.layer_weights(layer)
+        if dtype is None or dtype == self.weight_ih_l0.dtype:
+            return weights
+        return [DirectionWeights(*(t if t is None else t.to(dtype) for t in w)) for w in weights]
+
     def forward(self, input, hx=None):
-        x, batch_sizes, sorted_indices, unsorted_indices, batched = self._check_input(input)
+        data = input.data if isinstance(input, PackedSequence) else input
+        compute_dtype = _autocast_dtype(data, self.weight_ih_l0.dtype) if isinstance(data, Tensor) else None
+        x, batch_sizes, sorted_indices, unsorted_indices, batched = self._check_input(input, compute_dtype)
         batch = int(batch_sizes[0]) if batch_sizes is not None else x.shape[1]
-        states0 = self._initial_states(hx, x, batch, batched, sorted_indices)
+        states0 = self._initial_states(hx, x, batch, batched, sorted_indices, compute_dtype)
+        if compute_dtype is not None:
+            x = x.to(compute_dtype)
+            states0 = [s.to(compute_dtype) for s in states0]
         D = self.num_directions
         finals: list[list[Tensor]] = [[] for _ in states0]
-        for layer in range(self.num_layers):
-            layer_states = [s[layer * D:(layer + 1) * D] for s in states0]
-            x, layer_finals = self._run_layer(layer, x, batch_sizes, layer_states)
-            for acc, f in zip(finals, layer_finals):
-                acc.append(f)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
+        with torch.autocast(x.device.type, enabled=False) if compute_dtype is not None else nullcontext():
+            for layer in range(self.num_layers):
+                layer_states = [s[layer * D:(layer + 1) * D] for s in states0]
+                x, layer_finals = self._run_layer(layer, x, batch_sizes, layer_states, compute_dtype)
+                for acc, f in zip(finals, layer_finals):
+                    acc.append(f)
+                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                    x = F.dropout(x, self.dropout, training=True)
         out_states = [torch.cat(f, dim=0) if len(f) > 1 else f[0] for f in finals]
         if batch_sizes is not None:
             output = PackedSequence(x, batch_sizes, sorted_indices, unsorted_indices)
@@ -172,21 +267,39 @@ class _RNNBase(nn.Module):
 def _check_simple_backend(backend) -> str:
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a str, got {type(backend).__name__}")
-    if backend not in ("auto", "torch", "reference"):
-        raise ValueError(f"backend: expected one of ['auto', 'torch', 'reference'], got {backend!r}")
+    if backend not in _RNNBase._backend_names:
+        raise ValueError(f"backend: expected one of {list(_RNNBase._backend_names)}, got {backend!r}")
     return backend
 
 
-def _torch_flat(weights) -> list[Tensor]:
-    return [w for ws in weights for w in ws if w is not None]
+class _TorchOpBase(_RNNBase):
+    """One-path layers: torch's fused op (``backend="auto"``/``"torch"``) or the reference loop."""
+
+    _op_name: str
+
+    def _run_layer(self, layer, x, batch_sizes, states, cast):
+        weights = self._layer_weights_as(layer, cast)
+        if self.backend == "reference":
+            from .backends.reference import run_layer
+
+            return run_layer(self.spec, x, batch_sizes, tuple(states), weights)
+        op = getattr(torch._VF, self._op_name)
+        flat = [t for w in weights for t in w.tensors()]
+        hx = states[0] if len(states) == 1 else tuple(states)
+        if batch_sizes is None:
+            out = op(x, hx, flat, self.bias, 1, 0.0, self.training, self.bidirectional, False)
+        else:
+            out = op(x, batch_sizes, hx, flat, self.bias, 1, 0.0, self.training, self.bidirectional)
+        return out[0], tuple(out[1:])
 
 
-class RNN(_RNNBase):
+class RNN(_TorchOpBase):
     r"""Elman RNN with ``torch.nn.RNN``'s contract: :math:`h_t = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})`.
 
     Args: as ``torch.nn.RNN`` — ``input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-    batch_first=False, dropout=0.0, bidirectional=False``; ``backend``: ``"auto"``/``"torch"`` (torch's fused
-    op, the same function) or ``"reference"`` (the time loop of :mod:`cerebral_rnn.cells`).
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None``; ``backend`` (keyword):
+    ``"auto"``/``"torch"`` (torch's fused op, the same function) or ``"reference"`` (the time loop of
+    :mod:`cerebral_rnn.backends.reference`).
 
     Inputs: ``input`` (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a PackedSequence;
     ``h_0`` (D*num_layers, N, H) or (D*num_layers, H), zeros when omitted.
@@ -202,109 +315,148 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 backend: str = "auto", device=None, dtype=None) -> None:
+                 device=None, dtype=None, *, backend: str = "auto") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype)
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device=device, dtype=dtype)
         self.nonlinearity = nonlinearity
+        self._op_name = f"rnn_{nonlinearity}"
         self.backend = _check_simple_backend(backend)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        _init.uniform_(self.parameters(), self.hidden_size)
-
-    def _run_layer(self, layer, x, batch_sizes, states):
-        weights = self.layer_weights(layer)
-        if self.backend == "reference":
-            return run_layer(x, batch_sizes, tuple(states), weights, rnn_pointwise(self.nonlinearity))
-        op = torch._VF.rnn_tanh if self.nonlinearity == "tanh" else torch._VF.rnn_relu
-        flat = _torch_flat(weights)
-        if batch_sizes is None:
-            y, h = op(x, states[0], flat, self.bias, 1, 0.0, self.training, self.bidirectional, False)
-        else:
-            y, h = op(x, batch_sizes, states[0], flat, self.bias, 1, 0.0, self.training, self.bidirectional)
-        return y, (h,)
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.nonlinearity == "tanh" else ", nonlinearity='relu'")
 
 
-class LSTM(_RNNBase):
-    r"""LSTM with ``torch.nn.LSTM``'s contract, equations, gate order and parameter names (no ``proj_size``).
+class LSTM(_TorchOpBase):
+    r"""LSTM with ``torch.nn.LSTM``'s contract, equations, gate order and parameter names, ``proj_size`` included.
 
-    See :class:`cerebral_rnn.cells.LSTMCell` for the equations. ``backend="auto"``/``"torch"`` runs torch's
-    fused LSTM op (oneDNN on CPU, cuDNN on GPU), which computes the same function; ``"reference"`` runs the
-    time loop of :mod:`cerebral_rnn.cells`. ``forget_bias`` as in :class:`~cerebral_rnn.cells.LSTMCell`.
+    :math:`i, f, g, o` from ``W_ih x + b_ih + W_hh h + b_hh`` (rows i, f, g, o), :math:`c' = \sigma(f) c +
+    \sigma(i) \tanh(g)`, :math:`h' = \sigma(o) \tanh(c')` (projected, :math:`h' \leftarrow W_{hr} h'`, with
+    ``proj_size > 0``). ``backend="auto"``/``"torch"`` runs torch's fused LSTM op (oneDNN on CPU, cuDNN on GPU),
+    which computes the same function; ``"reference"`` runs the library's time loop. ``forget_bias`` (keyword) sets
+    the forget-gate rows of ``bias_ih`` (``bias_hh``'s to 0).
 
-    Inputs: ``input`` as :class:`RNN`; ``(h_0, c_0)`` each (D*num_layers, N, H) (unbatched: (D*num_layers, H)).
-    Outputs: ``output`` (L, N, D*H), ``(h_n, c_n)`` each (D*num_layers, N, H).
+    Inputs: ``input`` as :class:`RNN`; ``(h_0, c_0)``: (D*num_layers, N, H_out) and (D*num_layers, N, H)
+    (unbatched: drop N). Outputs: ``output`` (L, N, D*H_out), ``(h_n, c_n)`` shaped as ``(h_0, c_0)``.
 
-    Parameters: ``weight_ih_l{k}[_reverse]`` (4H, H_in or D*H), ``weight_hh_l{k}[_reverse]`` (4H, H),
-    ``bias_ih_l{k}[_reverse]``, ``bias_hh_l{k}[_reverse]`` (4H,); rows i, f, g, o.
+    Parameters: ``weight_ih_l{k}[_reverse]`` (4H, H_in or D*H_out), ``weight_hh_l{k}[_reverse]`` (4H, H_out),
+    ``bias_ih_l{k}[_reverse]``, ``bias_hh_l{k}[_reverse]`` (4H,), with ``proj_size``
+    ``weight_hr_l{k}[_reverse]`` (P, H); rows i, f, g, o.
 
     >>> out, (h_n, c_n) = LSTM(10, 20, num_layers=2)(torch.randn(5, 3, 10))
     >>> out.shape, h_n.shape, c_n.shape
     (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]), torch.Size([2, 3, 20]))
     """
 
-    gate_blocks = 4
-    state_blocks = (1, 1)
-    state_names = ("h_0", "c_0")
-    proj_size = 0
+    _op_name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 forget_bias: float | None = None, backend: str = "auto", device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype)
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, forget_bias: float | None = None, backend: str = "auto") -> None:
+        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size=proj_size, device=device, dtype=dtype)
         self.forget_bias = _init.check_forget_bias(forget_bias)
         self.backend = _check_simple_backend(backend)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        for layer in range(self.num_layers):
-            for ws in self.layer_weights(layer):
-                _init.init_lstm_(*ws, self.hidden_size, forget_bias=self.forget_bias)
 
-    def _run_layer(self, layer, x, batch_sizes, states):
-        weights = self.layer_weights(layer)
-        if self.backend == "reference":
-            return run_layer(x, batch_sizes, tuple(states), weights, lstm_state_pointwise)
-        flat = _torch_flat(weights)
-        if batch_sizes is None:
-            y, h, c = torch._VF.lstm(x, states, flat, self.bias, 1, 0.0, self.training, self.bidirectional,
-                                     False)
-        else:
-            y, h, c = torch._VF.lstm(x, batch_sizes, states, flat, self.bias, 1, 0.0, self.training,
-                                     self.bidirectional)
-        return y, (h, c)
+class GRU(_TorchOpBase):
+    r"""GRU with ``torch.nn.GRU``'s contract, equations, gate order (r, z, n) and parameter names.
+
+    :math:`r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr})`, :math:`z` likewise,
+    :math:`n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn}))`, :math:`h' = (1 - z) \odot n + z \odot h`.
+    ``backend="auto"``/``"torch"`` runs torch's fused GRU op; ``"reference"`` the library's time loop.
+
+    >>> out, h_n = GRU(10, 20)(torch.randn(5, 3, 10))
+    >>> out.shape, h_n.shape
+    (torch.Size([5, 3, 20]), torch.Size([1, 3, 20]))
+    """
+
+    _op_name = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, backend: str = "auto") -> None:
+        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype)
+        self.backend = _check_simple_backend(backend)
+        self.reset_parameters()
 
 
-class CerebralLSTM(_RNNBase):
-    r"""Cerebral LSTM layer (Kumar 2020) with ``torch.nn.LSTM``'s contract.
+class _CerebralBase(_RNNBase):
+    """K paths of one kind; backends chosen per call (:mod:`cerebral_rnn.backends`)."""
 
-    Each layer and direction runs a :class:`~cerebral_rnn.cells.CerebralLSTMCell` over time: an upper and a
-    lower LSTM path read the same ``[h(t-1), x(t)]`` and :math:`h_t = U_o \odot \tanh(U_C) + L_o \odot
-    \tanh(L_C)`. The cell state carries both paths, ``c = [UC | LC]``, so ``c_n`` has 2H features where
-    ``h_n`` has H; everything else is shaped as in ``torch.nn.LSTM``, so a model written for ``nn.LSTM``
-    (unpacking, ``.detach()`` of the state for truncated BPTT, PackedSequence) runs unchanged.
+    def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
+                 batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, device, dtype,
+                 num_paths: int, init: str, forget_bias, backend: str) -> None:
+        super().__init__(kind, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         num_paths=num_paths, proj_size=proj_size, device=device, dtype=dtype)
+        self.init = _init.check_scheme(init)
+        self.forget_bias = _init.check_forget_bias(forget_bias)
+        self.backend = _backends.get_backend(backend, kind)
+        self.last_backend: str | None = None
+        self.reset_parameters()
+
+    def _run_layer(self, layer, x, batch_sizes, states, cast):
+        # Under torch.compile the choice (which reads parameter values) and the backend run eagerly behind a
+        # graph break; under torch.export / jit tracing they are traced (auto then picks traceable backends).
+        return run_eager_under_compile(self._select_and_run, layer, x, batch_sizes, states, cast)
+
+    def _select_and_run(self, layer, x, batch_sizes, states, cast):
+        weights = self._layer_weights_as(layer, cast)
+        spec = self.spec
+        backend = _backends.select_backend(self.backend, spec, x, batch_sizes, weights, states)
+        self.last_backend = backend.name
+        return backend.forward_layer(spec, x, tuple(states), weights, batch_sizes)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        for name, default in (("num_paths", 2), ("init", "distinct"), ("backend", "auto")):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)!r}"
+        return s
+
+
+class CerebralLSTM(_CerebralBase):
+    r"""Cerebral LSTM layer (Kumar 2020) with ``torch.nn.LSTM``'s contract; ``num_paths`` LSTM paths.
+
+    Each layer and direction runs K = ``num_paths`` LSTM paths (the paper's upper and lower paths for K = 2) that
+    read the same ``[h(t-1), x(t)]``; their outputs are added:
+
+    .. math::
+        i_k, f_k, g_k, o_k = W_{ih,k} x_t + b_{ih,k} + W_{hh,k} h_{t-1} + b_{hh,k} \qquad (k = 1 \ldots K) \\
+        c_{k,t} = \sigma(f_k) \odot c_{k,t-1} + \sigma(i_k) \odot \tanh(g_k) \\
+        h_t = \textstyle\sum_k \sigma(o_k) \odot \tanh(c_{k,t}) \qquad (h_t \leftarrow W_{hr} h_t
+        \text{ with } \texttt{proj\_size} > 0)
+
+    The cell state carries every path, ``c = [c_1 | ... | c_K]``, so ``c_n`` has K*H features where ``h_n`` has
+    H_out; everything else is shaped as in ``torch.nn.LSTM``. A ``c_0`` with H features (the zero state code
+    written for ``nn.LSTM`` builds) starts every path from that cell state. ``num_paths=1`` is exactly
+    ``torch.nn.LSTM`` (its ``state_dict`` loads into one).
 
     Args:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional: as ``torch.nn.LSTM``.
-        init: ``"distinct"`` (default, paths drawn independently) or ``"identical"`` (lower path a copy of the
-            upper path at start). See :mod:`cerebral_rnn.init`.
-        forget_bias: optional forget-gate bias of both paths.
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device, dtype:
+            as ``torch.nn.LSTM`` (``proj_size``: h is projected to P features after the paths are summed).
+        num_paths: K (keyword; default 2, the paper's cell).
+        init: ``"distinct"`` (default, paths drawn independently) or ``"identical"`` (every path a copy of the
+            first at start). See :mod:`cerebral_rnn.init`.
+        forget_bias: optional forget-gate bias of every path.
         backend: ``"auto"`` (default) or a name from :func:`cerebral_rnn.backends.available_backends`. The
             backend that ran the last forward is in :attr:`last_backend`.
 
     Inputs: ``input`` (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a PackedSequence;
-    ``(h_0, c_0)``: ``h_0`` (D*num_layers, N, H), ``c_0`` (D*num_layers, N, 2H) = ``[UC | LC]`` (unbatched:
-    drop N). Zeros when omitted.
+    ``(h_0, c_0)``: ``h_0`` (D*num_layers, N, H_out), ``c_0`` (D*num_layers, N, K*H) or (D*num_layers, N, H)
+    (unbatched: drop N). Zeros when omitted.
 
-    Outputs: ``output`` (L, N, D*H) in the input's form; ``h_n`` (D*num_layers, N, H); ``c_n``
-    (D*num_layers, N, 2H).
+    Outputs: ``output`` (L, N, D*H_out) in the input's form; ``h_n`` (D*num_layers, N, H_out); ``c_n``
+    (D*num_layers, N, K*H).
 
-    Parameters: ``weight_ih_l{k}[_reverse]`` (8H, H_in or D*H), ``weight_hh_l{k}[_reverse]`` (8H, H),
-    ``bias_ih_l{k}[_reverse]``, ``bias_hh_l{k}[_reverse]`` (8H,). Rows: upper path i, f, g, o, then lower path
-    i, f, g, o, H rows each. Drawn from U(-1/sqrt(H), 1/sqrt(H)).
+    Parameters: ``weight_ih_l{k}[_reverse]`` (4KH, H_in or D*H_out), ``weight_hh_l{k}[_reverse]`` (4KH, H_out),
+    ``bias_ih_l{k}[_reverse]``, ``bias_hh_l{k}[_reverse]`` (4KH,), with ``proj_size``
+    ``weight_hr_l{k}[_reverse]`` (P, H). Rows: path 1's i, f, g, o, then path 2's, ..., H rows each. Drawn from
+    U(-1/sqrt(H), 1/sqrt(H)).
 
     >>> layer = CerebralLSTM(10, 20, num_layers=2)
     >>> out, (h_n, c_n) = layer(torch.randn(5, 3, 10))
@@ -312,39 +464,89 @@ class CerebralLSTM(_RNNBase):
     (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]), torch.Size([2, 3, 40]))
     """
 
-    gate_blocks = 8
-    state_blocks = (1, 2)
-    state_names = ("h_0", "c_0")
-    proj_size = 0
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, num_paths: int = 2, init: str = "distinct",
+                 forget_bias: float | None = None, backend: str = "auto") -> None:
+        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype, num_paths, init, forget_bias, backend)
+
+
+class CerebralPeepholeLSTM(_CerebralBase):
+    r"""Cerebral peephole LSTM: K peephole-LSTM paths (Gers & Schmidhuber 2000) reading the same
+    ``[h(t-1), x(t)]``, outputs added. The paper's "variants of Cerebral LSTM ... such as peephole LSTM".
+
+    .. math::
+        a^{i,f,g,o}_k = W_{ih,k} x_t + b_{ih,k} + W_{hh,k} h_{t-1} + b_{hh,k} \\
+        i_k = \sigma(a^i_k + w_{ci,k} \odot c_{k,t-1}) \qquad f_k = \sigma(a^f_k + w_{cf,k} \odot c_{k,t-1}) \\
+        c_{k,t} = f_k \odot c_{k,t-1} + i_k \odot \tanh(a^g_k) \qquad
+        o_k = \sigma(a^o_k + w_{co,k} \odot c_{k,t}) \\
+        h_t = \textstyle\sum_k o_k \odot \tanh(c_{k,t})
+
+    ====================================  ======================  ============================================
+    parameter                             shape                   rows
+    ====================================  ======================  ============================================
+    ``weight_ih_l{k}[_reverse]``          (4KH, H_in or D*H)      path 1 i, f, g, o, then path 2, ... (H each)
+    ``weight_hh_l{k}[_reverse]``          (4KH, H)                same
+    ``bias_ih_l{k}``, ``bias_hh_l{k}``    (4KH,)                  same
+    ``peephole_l{k}[_reverse]``           (3KH,)                  path 1 w_ci, w_cf, w_co, then path 2, ...
+    ====================================  ======================  ============================================
+
+    Everything else (arguments, inputs, outputs, ``c = [c_1 | ... | c_K]``, ``init``, ``forget_bias``,
+    ``backend``) as :class:`CerebralLSTM`, without ``proj_size``. The peephole weights start from
+    U(-1/sqrt(H), 1/sqrt(H)) like every other parameter.
+
+    >>> out, (h_n, c_n) = CerebralPeepholeLSTM(10, 20)(torch.randn(5, 3, 10))
+    >>> out.shape, h_n.shape, c_n.shape
+    (torch.Size([5, 3, 20]), torch.Size([1, 3, 20]), torch.Size([1, 3, 40]))
+    """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 init: str = "distinct", forget_bias: float | None = None, backend: str = "auto",
-                 device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype)
-        self.init = _init.check_scheme(init)
-        self.forget_bias = _init.check_forget_bias(forget_bias)
-        self.backend = _backends.get_backend(backend)
-        self.last_backend: str | None = None
-        self.reset_parameters()
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, num_paths: int = 2, init: str = "distinct", forget_bias: float | None = None,
+                 backend: str = "auto") -> None:
+        super().__init__("peephole", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, num_paths, init, forget_bias, backend)
 
-    def reset_parameters(self) -> None:
-        for layer in range(self.num_layers):
-            for ws in self.layer_weights(layer):
-                _init.init_cerebral_(*ws, self.hidden_size, scheme=self.init, forget_bias=self.forget_bias)
 
-    def _run_layer(self, layer, x, batch_sizes, states):
-        weights = self.layer_weights(layer)
-        backend = _backends.select_backend(self.backend, x, batch_sizes, weights, self.training)
-        self.last_backend = backend.name
-        y, h_n, c_n = backend.forward_layer(x, states[0], states[1], weights, batch_sizes)
-        return y, (h_n, c_n)
+class CerebralGRU(_CerebralBase):
+    r"""Cerebral GRU: K GRU paths (``torch.nn.GRU``'s equations and gate order r, z, n) reading the same
+    ``x(t)`` and ``h(t-1)``; the new state is the *mean* of the paths' updates. The paper's "other recurrent
+    cells including gated recurrent units ... after modifying its internal connections similar to our cerebral
+    structure".
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if self.init != "distinct":
-            s += f", init={self.init!r}"
-        if self.backend != "auto":
-            s += f", backend={self.backend!r}"
-        return s
+    .. math::
+        r_k = \sigma(W_{ir,k} x_t + b_{ir,k} + W_{hr,k} h_{t-1} + b_{hr,k}) \qquad
+        z_k = \sigma(W_{iz,k} x_t + b_{iz,k} + W_{hz,k} h_{t-1} + b_{hz,k}) \\
+        n_k = \tanh(W_{in,k} x_t + b_{in,k} + r_k \odot (W_{hn,k} h_{t-1} + b_{hn,k})) \\
+        h'_k = (1 - z_k) \odot n_k + z_k \odot h_{t-1} \qquad h_t = \tfrac{1}{K} \textstyle\sum_k h'_k
+
+    Why the mean: each path's update ``h'_k`` is a convex combination of ``n_k`` in (-1, 1) and ``h(t-1)``, so it
+    stays in (-1, 1) when ``h(t-1)`` does; so does their mean. Their *sum* (the Cerebral LSTM's rule) would
+    feed ``z_k * h(t-1)`` of every path back into the next state, which grows without bound (K = 2: h can double
+    at every step where z is near 1). With identical paths the mean is exactly ``torch.nn.GRU``; ``num_paths=1``
+    is ``torch.nn.GRU``, and the first path's rows of each parameter are a valid ``nn.GRU`` state_dict.
+
+    Parameters: ``weight_ih_l{k}[_reverse]`` (3KH, H_in or D*H), ``weight_hh_l{k}[_reverse]`` (3KH, H),
+    ``bias_ih_l{k}[_reverse]``, ``bias_hh_l{k}[_reverse]`` (3KH,); rows path 1 r, z, n, then path 2, ...
+    State: ``h`` only, (D*num_layers, N, H), as ``nn.GRU``: ``output, h_n = layer(input, h_0)``.
+
+    Arguments as ``torch.nn.GRU`` plus ``num_paths``, ``init``, ``backend`` (keywords); no forget gate, so no
+    ``forget_bias``.
+
+    >>> out, h_n = CerebralGRU(10, 20)(torch.randn(5, 3, 10))
+    >>> out.shape, h_n.shape
+    (torch.Size([5, 3, 20]), torch.Size([1, 3, 20]))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, num_paths: int = 2, init: str = "distinct", backend: str = "auto") -> None:
+        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype, num_paths, init, None, backend)
+
+
+LAYER_CLASSES: dict[str, type[_RNNBase]] = {
+    "rnn": RNN, "lstm": LSTM, "gru": GRU, "cerebral": CerebralLSTM, "cerebral-peephole": CerebralPeepholeLSTM,
+    "cerebral-gru": CerebralGRU,
+}

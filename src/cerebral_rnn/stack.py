@@ -18,11 +18,11 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ._checks import check_bool, check_dropout, check_positive_int
-from .layers import LSTM, RNN, CerebralLSTM
+from .layers import LAYER_CLASSES
 
 __all__ = ["StackedRNN", "LAYER_KINDS"]
 
-LAYER_KINDS = {"rnn": RNN, "lstm": LSTM, "cerebral": CerebralLSTM}
+LAYER_KINDS = LAYER_CLASSES  # kind name -> layer class: rnn, lstm, gru, cerebral, cerebral-peephole, cerebral-gru
 
 
 class StackedRNN(nn.Module):
@@ -54,13 +54,15 @@ class StackedRNN(nn.Module):
         if not self.layers:
             return self.input_size
         last = self.layers[-1]
-        return last.hidden_size * last.num_directions
+        return last.spec.out_size * last.num_directions
 
     def add_layer(self, kind: str, hidden_size: int, **options) -> StackedRNN:
-        """Append a layer of ``kind`` (``"rnn"``, ``"lstm"``, ``"cerebral"``) reading the current output.
+        """Append a layer of ``kind`` (a key of :data:`LAYER_KINDS`: ``"rnn"``, ``"lstm"``, ``"gru"``,
+        ``"cerebral"``, ``"cerebral-peephole"``, ``"cerebral-gru"``) reading the current output.
 
-        ``options`` go to the layer's constructor (``num_layers``, ``bidirectional``, ``init``, ``backend``,
-        ``nonlinearity``...). ``input_size`` and ``batch_first`` are set by the stack. Returns ``self``.
+        ``options`` go to the layer's constructor (``num_layers``, ``bidirectional``, ``num_paths``, ``init``,
+        ``backend``, ``nonlinearity``, ``proj_size``...). ``input_size`` and ``batch_first`` are set by the stack.
+        Returns ``self``.
         """
         if kind not in LAYER_KINDS:
             raise ValueError(f"kind: expected one of {list(LAYER_KINDS)}, got {kind!r}")

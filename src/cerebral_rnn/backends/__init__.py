@@ -1,43 +1,48 @@
-"""Backends compute one Cerebral LSTM layer (all its directions) over a whole sequence.
+"""Backends compute one recurrent layer (all its directions) over a whole sequence.
 
-Every backend takes the same parameters, in the same storage layout, so a module's ``state_dict`` does not
-depend on the backend. A backend is an object with
+Every backend takes the same parameters, in the same storage layout (:mod:`cerebral_rnn.kinds`), so a module's
+``state_dict`` does not depend on the backend. A backend is an object with
 
 ``name``
     the string users pass as ``backend=...``.
-``supports(x, batch_sizes, weights, training) -> str | None``
+``kinds``
+    the names of the cell kinds it computes (None: all).
+``supports(spec, x, batch_sizes, weights, states) -> str | None``
     ``None`` when the backend computes this case exactly; otherwise a short reason (used by ``"auto"`` to fall
     back and by an explicit choice to raise).
-``forward_layer(x, h0, c0, weights, batch_sizes) -> (y, h_n, c_n)``
-    ``x``: ``(T, B, I)`` time-major, or the ``(N, I)`` data of a PackedSequence with ``batch_sizes`` (``(T,)``
-    int64 on the CPU, non-increasing). ``h0``: ``(D, B, H)``; ``c0``: ``(D, B, 2H)`` = ``[UC | LC]``.
-    ``weights``: ``D`` tuples ``(w_ih (8H, I), w_hh (8H, H), b_ih (8H,) or None, b_hh (8H,) or None)``,
-    direction 0 forward in time, direction 1 reverse. Rows of the 8H dimension: upper path i, f, g, o, then
-    lower path i, f, g, o. Returns ``y``: ``(T, B, D*H)`` (or ``(N, D*H)`` packed; forward direction first on
-    the last dimension), ``h_n``: ``(D, B, H)``, ``c_n``: ``(D, B, 2H)``.
+``forward_layer(spec, x, states, weights, batch_sizes) -> (y, states_n)``
+    ``spec``: a :class:`~cerebral_rnn.layout.LayerSpec`. ``x``: ``(T, B, I)`` time-major, or the ``(N, I)`` data
+    of a PackedSequence with ``batch_sizes`` (``(T,)`` int64 on the CPU, non-increasing). ``states``: ``(h_0,)``
+    or ``(h_0, c_0)`` with ``h_0`` ``(D, B, out)`` and ``c_0`` ``(D, B, K*H)``. ``weights``: ``D``
+    :class:`~cerebral_rnn.layout.DirectionWeights`, direction 0 forward in time, direction 1 reverse. Returns
+    ``y``: ``(T, B, D*out)`` (or ``(N, D*out)`` packed; forward direction first on the last dimension) and the
+    final states shaped as ``states``.
 
 Randomness (dropout between layers) is drawn by the layer, outside backends, so every backend sees the same
-noise under the same seed.
+noise under the same seed. Autocast is resolved by the layer too: a backend sees one dtype.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
-from . import _rules, fused, lstm2h, native, reference
+from . import fused, lstm2h, native, reference
+from ._compile import exporting
+from ._rules import needs_grad, paths_identical
 
-__all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "prepare", "select_backend"]
+__all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "prepare", "select_backend", "needs_grad",
+           "paths_identical"]
 
 
 class Backend(Protocol):
     name: str
+    kinds: tuple[str, ...] | None
 
-    def supports(self, x: Tensor, batch_sizes: Tensor | None, weights, training: bool) -> str | None: ...
+    def supports(self, spec, x: Tensor, batch_sizes: Tensor | None, weights, states) -> str | None: ...
 
-    def forward_layer(self, x: Tensor, h0: Tensor, c0: Tensor, weights, batch_sizes: Tensor | None): ...
+    def forward_layer(self, spec, x: Tensor, states, weights, batch_sizes: Tensor | None): ...
 
 
 BACKENDS: dict[str, Backend] = {
@@ -48,78 +53,68 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def available_backends() -> list[str]:
-    """Names accepted by ``backend=``: ``"auto"`` and every registered backend."""
-    return ["auto", *BACKENDS]
+def available_backends(kind: str | None = None) -> list[str]:
+    """Names accepted by ``backend=``: ``"auto"`` and every registered backend (that computes ``kind``)."""
+    return ["auto", *(n for n, b in BACKENDS.items() if kind is None or b.kinds is None or kind in b.kinds)]
 
 
 def prepare() -> dict[str, str | None]:
     """Build or load the optional compiled backends now instead of at their first use.
 
-    The ``native`` CPU inference backend is a C++ extension compiled on first use (about 25 s once per machine,
-    then loaded from torch's extension cache). Call this before timing anything. Returns, per optional backend,
-    ``None`` when it is ready or the reason it is unavailable (``"auto"`` then uses the others).
+    The ``native`` CPU backend is a C++ extension compiled on first use (once per machine, then loaded from
+    torch's extension cache). Call this before timing anything. Returns, per optional backend, ``None`` when
+    it is ready or the reason it is unavailable (``"auto"`` then uses the others).
     """
-    return {"native": None if native.available() else native._ERROR}
+    return {"native": None if native.available() else native.unavailable_reason()}
 
 
-def get_backend(name: str) -> str:
+def get_backend(name: str, kind: str | None = None) -> str:
     """Validate a backend name given to a constructor; return it unchanged."""
     if not isinstance(name, str):
         raise TypeError(f"backend: expected a str, got {type(name).__name__}")
-    if name != "auto" and name not in BACKENDS:
-        raise ValueError(f"backend: expected one of {available_backends()}, got {name!r}")
+    valid = available_backends(kind)
+    if name not in valid:
+        raise ValueError(f"backend: expected one of {valid}, got {name!r}")
     return name
 
 
-# "fused" (native 8H x H recurrence, 8 small ops per step) beats "lstm2h" (torch's fused LSTM op: twice the
+# "fused" (native K*4H x H recurrence, a few ops per step) beats "lstm2h" (torch's fused LSTM op: K times the
 # recurrent FLOPs, no per-step Python) on the CPU once a step has enough work, batch x hidden_size elements:
 # sooner in training (its hand-written backward is lean) than in inference (oneDNN's inference kernel is very
-# fast). Measured with benchmarks/speed.py on a 2-core CPU, torch 2.13 (docs/fast-path.md).
+# fast). Measured with benchmarks/speed.py on a 2-core CPU, torch 2.13.
 FUSED_MIN_WORK_TRAIN = 4096  # e.g. B >= 32 at H = 128
 FUSED_MIN_WORK_INFER = 16384  # e.g. B >= 128 at H = 128, B >= 32 at H = 512
 
 
-def _needs_grad(x: Tensor, weights) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or any(
-        w is not None and w.requires_grad for ws in weights for w in ws))
-
-
-PATH_ALIGN = _rules.PATH_ALIGN  # see backends/_rules.py: why kernels need aligned paths
-
-
-def _auto_order(x: Tensor, weights) -> list[str]:
+def _auto_order(spec, x: Tensor, batch_sizes, weights, states) -> list[str]:
     """Backends tried by ``"auto"``, best first, for this device, shape and grad mode.
 
-    CUDA: ``lstm2h`` (cuDNN). CPU, dense input: ``fused`` first when batch x hidden_size reaches
-    ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or ``FUSED_MIN_WORK_INFER`` (inference), else ``lstm2h``; in
-    inference ``native`` (the compiled C++ loop) comes before both: it measured faster than either at every
-    shape of benchmarks/speed.py, and its ``supports`` refuses when its extension could not be built.
-    Each backend's ``supports`` then rules out what it cannot compute exactly (``fused``: packed input, dtypes
-    other than float32/float64, autocast, ``torch.export``, hidden sizes not a multiple of ``PATH_ALIGN``;
-    ``lstm2h``: packed input on the CPU at such sizes), and ``reference`` takes everything else.
+    CPU, dense input: ``native`` (compiled C++) first; then ``fused`` when batch x hidden_size reaches
+    ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or ``FUSED_MIN_WORK_INFER`` (inference), then ``lstm2h``, then
+    ``fused`` at any size. Packed input on the CPU and CUDA: ``lstm2h`` (oneDNN's / cuDNN's LSTM). ``reference``
+    last. Each backend's ``supports`` rules out what it cannot compute exactly (kind, dtype, packed input,
+    ``torch.export``, identical paths for the backends that cannot keep them identical), and ``reference`` takes
+    everything else.
     """
-    if x.device.type == "cpu" and x.dim() == 3:
-        work = x.shape[1] * weights[0][1].shape[1]  # B x H
-        if _needs_grad(x, weights):
-            return ["fused", "lstm2h", "reference"] if work >= FUSED_MIN_WORK_TRAIN else ["lstm2h", "reference"]
-        if work >= FUSED_MIN_WORK_INFER:
-            return ["native", "fused", "lstm2h", "reference"]
-        return ["native", "lstm2h", "reference"]
+    if x.device.type == "cpu" and batch_sizes is None and not exporting():
+        work = x.shape[1] * spec.hidden_size  # B x H
+        threshold = FUSED_MIN_WORK_TRAIN if needs_grad(x, states, weights) else FUSED_MIN_WORK_INFER
+        order = ["native", "fused", "lstm2h"] if work >= threshold else ["native", "lstm2h", "fused"]
+        return [*order, "reference"]
     return ["lstm2h", "reference"]
 
 
-def select_backend(name: str, x: Tensor, batch_sizes: Tensor | None, weights, training: bool) -> Backend:
+def select_backend(name: str, spec, x: Tensor, batch_sizes, weights, states) -> Backend:
     """The backend that will run this call: the named one (raising if it cannot compute this case exactly),
     or for ``"auto"`` the first in :func:`_auto_order` that supports it; ``reference`` supports everything."""
     if name != "auto":
         backend = BACKENDS[name]
-        reason = backend.supports(x, batch_sizes, weights, training)
+        reason = backend.supports(spec, x, batch_sizes, weights, states)
         if reason is not None:
             raise ValueError(f"backend={name!r} cannot run this input: {reason}; use backend='auto' or 'reference'")
         return backend
-    for candidate in _auto_order(x, weights):
+    for candidate in _auto_order(spec, x, batch_sizes, weights, states):
         backend = BACKENDS[candidate]
-        if backend.supports(x, batch_sizes, weights, training) is None:
+        if backend.supports(spec, x, batch_sizes, weights, states) is None:
             return backend
     return BACKENDS["reference"]

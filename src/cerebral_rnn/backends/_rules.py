@@ -1,29 +1,58 @@
-"""What the CPU kernels (``fused``, ``native``) compute exactly: the checks their ``supports`` share."""
+"""What every backend needs to decide whether it can run a call: one place for each question.
+
+* :func:`needs_grad` -- does autograd need gradients from this call (input, initial state or weights)?
+* :func:`paths_identical` -- are a layer's paths equal right now (``init="identical"``, still untrained apart)?
+* :func:`dense_cpu_reason` -- can a dense float32/float64 CPU kernel run this call?
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from ..layout import DirectionWeights, LayerSpec
+
 DTYPES = (torch.float32, torch.float64)
 
-# Identical paths (init="identical") must get bitwise identical gradients (DESIGN.md, symmetry). Vectorised
-# kernels round a value differently depending on where it sits relative to the SIMD width (a scalar tail, a
-# column reduction), so the two paths' rows must sit at offsets that are multiples of the widest vector,
-# 16 float32 (AVX-512). Measured: at hidden sizes 5, 13, 24, 40, "fused" (dense) or torch's packed LSTM kernel
-# (under "lstm2h") let identical paths drift apart by 1 ulp, then O(1) within 20 Adam steps; at multiples of 16
-# (16 to 128) they stayed bitwise identical. Backends that rely on it refuse other sizes.
-PATH_ALIGN = 16
+
+def needs_grad(x: Tensor, states: Sequence[Tensor], weights: Sequence[DirectionWeights]) -> bool:
+    """True when autograd is recording and the input, an initial state or a weight requires grad: then a
+    backend must return outputs connected to all of them (as ``torch.nn.LSTM`` does)."""
+    if not torch.is_grad_enabled():
+        return False
+    return (x.requires_grad or any(s.requires_grad for s in states)
+            or any(t.requires_grad for w in weights for t in w.tensors()))
 
 
-def unaligned_reason(hidden_size: int) -> str | None:
-    if hidden_size % PATH_ALIGN:
-        return (f"hidden_size {hidden_size} is not a multiple of {PATH_ALIGN}: vectorised kernels would round the "
-                "two paths differently and break the bitwise symmetry of init='identical' (DESIGN.md)")
+def paths_identical(spec: LayerSpec, weights: Sequence[DirectionWeights]) -> bool:
+    """True when, in some direction, every path's parameter blocks equal the first path's exactly.
+
+    Such paths stay identical in training only if every operation treats them alike (``init="identical"``);
+    backends that interleave the paths (a vendor LSTM of size K*H) cannot promise it and refuse such layers.
+    Costs one comparison of the parameters (no work proportional to the sequence).
+    """
+    if spec.paths == 1:
+        return False
+    for w in weights:
+        blocks = [t.chunk(spec.paths, dim=0) for t in (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.peephole) if t is not None]
+        if all(torch.equal(parts[0], part) for parts in blocks for part in parts[1:]):
+            return True
+    return False
+
+
+def identical_paths_reason(spec: LayerSpec, weights: Sequence[DirectionWeights]) -> str | None:
+    """The refusal of a backend that cannot keep identical paths bitwise identical, or None."""
+    from ._compile import exporting
+
+    if not exporting() and paths_identical(spec, weights):
+        return ("the layer's paths are identical (init='identical'): this backend computes the paths in shared "
+                "kernels that may round them differently, which would separate them in training")
     return None
 
 
-def dense_cpu_reason(x: Tensor, batch_sizes: Tensor | None, weights) -> str | None:
+def dense_cpu_reason(x: Tensor, batch_sizes: Tensor | None, weights: Sequence[DirectionWeights]) -> str | None:
     """Why a dense float32/float64 CPU kernel cannot run this call exactly, or None if it can."""
     if batch_sizes is not None:
         return "packed input is not supported"
@@ -31,6 +60,6 @@ def dense_cpu_reason(x: Tensor, batch_sizes: Tensor | None, weights) -> str | No
         return f"device {x.device} is not the CPU"
     if x.dtype not in DTYPES:
         return f"dtype {x.dtype} is not float32 or float64"
-    if torch.is_autocast_enabled("cpu"):
-        return "CPU autocast is enabled"
-    return unaligned_reason(weights[0][1].shape[1])
+    if any(t.device.type != "cpu" or t.dtype != x.dtype for w in weights for t in w.tensors()):
+        return "the weights are not on the CPU in the input's dtype"
+    return None

@@ -24,8 +24,10 @@ all steps at once (vectorised), so that the time loop only does one GEMM and fou
     dG_t   = [dh_t, dh_t | dC_t | dC_t | dC_t] * [o'tanh C | g i' | C_{t-1} f' | i g']   (' = derivative)
 
 and the weight gradients are one GEMM over all steps: ``[dW_ih | dW_hh] = dG^T [X | H_prev]``.
-Dense input only (a reverse direction walks the steps backwards); packed input, autocast and ``torch.export``
-are left to other backends (``supports`` says why). Under ``torch.compile`` it runs eagerly behind a graph break.
+Dense input only (a reverse direction walks the steps backwards); packed input and ``torch.export`` are left
+to other backends (``supports`` says why), and so are layers whose two paths are identical (its pointwise passes
+treat both paths' rows as one array, whose vectorised loop may round a scalar tail differently). Under
+``torch.compile`` it runs eagerly behind a graph break.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._compile import exporting, run_eager_under_compile
-from ._rules import dense_cpu_reason
+from ._rules import dense_cpu_reason, identical_paths_reason, needs_grad
 
 _CACHE: dict[tuple[int, str, torch.dtype], tuple[Tensor, Tensor]] = {}
 _INFER_ROWS = 512  # rows (steps x batch) of the input projection per chunk in inference
@@ -235,33 +237,39 @@ class CerebralFusedFunction(torch.autograd.Function):
 
 
 class FusedBackend:
-    """Native 8H x H recurrence with hand-written BPTT, CPU, float32/float64, dense input."""
+    """Native 8H x H recurrence with hand-written BPTT: two-path LSTM layers (the paper's Cerebral LSTM), CPU,
+    float32/float64, dense input, distinct paths."""
 
     name = "fused"
+    kinds = ("lstm",)
 
-    def supports(self, x: Tensor, batch_sizes, weights, training) -> str | None:
+    def supports(self, spec, x: Tensor, batch_sizes, weights, states) -> str | None:
+        if spec.kind.name != "lstm" or spec.paths != 2 or spec.proj_size:
+            return "only two-path LSTM layers without proj_size (the paper's Cerebral LSTM)"
         reason = dense_cpu_reason(x, batch_sizes, weights)
         if reason is not None:
             return reason
         if exporting():
             return "torch.export / jit tracing cannot record its custom autograd.Function"
-        return None
+        # Its pointwise passes run over both paths' rows at once, and ATen's vectorised loops finish a tensor
+        # with a scalar tail: identical paths could be rounded differently.
+        return identical_paths_reason(spec, weights)
 
-    def forward_layer(self, x, h0, c0, weights, batch_sizes):
-        return run_eager_under_compile(self._forward_layer, x, h0, c0, weights)
+    def forward_layer(self, spec, x, states, weights, batch_sizes):
+        return run_eager_under_compile(self._forward_layer, x, states, weights)
 
-    def _forward_layer(self, x, h0, c0, weights):
+    def _forward_layer(self, x, states, weights):
+        h0, c0 = states
         H = h0.shape[-1]
         order, scale = fused_gate_order(H, x.device, x.dtype)
         x = x.contiguous()
-        grad = torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or c0.requires_grad or any(
-            w is not None and w.requires_grad for ws in weights for w in ws))
+        grad = needs_grad(x, states, weights)
         ys, hs, cs = [], [], []
-        for d, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-            w_ih = w_ih.index_select(0, order) * scale[:, None]  # (8H, I) in the call's layout
-            w_hh = w_hh.index_select(0, order) * scale[:, None]  # (8H, H)
+        for d, w in enumerate(weights):
+            w_ih = w.w_ih.index_select(0, order) * scale[:, None]  # (8H, I) in the call's layout
+            w_hh = w.w_hh.index_select(0, order) * scale[:, None]  # (8H, H)
             b = None
-            biases = [bb for bb in (b_ih, b_hh) if bb is not None]
+            biases = [bb for bb in (w.b_ih, w.b_hh) if bb is not None]
             if biases:
                 b = (biases[0] + biases[1] if len(biases) == 2 else biases[0]).index_select(0, order) * scale
             if grad:
@@ -272,7 +280,7 @@ class FusedBackend:
             hs.append(h_n)
             cs.append(c_n)
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
-        return y, torch.stack(hs), torch.stack(cs)
+        return y, (torch.stack(hs), torch.stack(cs))
 
 
 BACKEND = FusedBackend()

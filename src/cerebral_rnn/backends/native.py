@@ -9,9 +9,8 @@ overheads dominate there), else oneDNN with ``W_hh`` packed once per call (``mkl
 Activations use a vectorisable exp (Cephes ``expf``) and a tanh accurate near 0 (a polynomial for
 ``|x| < 0.625``), within a few ulp of torch's; float64 uses ``std::exp``/``std::tanh``. The gate rows are used in
 their stored order (upper i, f, g, o, lower i, f, g, o): a path's gate ``k`` at unit ``j`` is at column
-``k H + j`` (upper) and ``4 H + k H + j`` (lower), and both paths are computed by the same instructions at the
-same ``j``, so identical paths stay bitwise identical (with ``hidden_size`` a multiple of ``PATH_ALIGN`` the
-GEMMs treat their rows alike too).
+``k H + j`` (upper) and ``4 H + k H + j`` (lower). The recurrent GEMM covers both paths' rows at once, so
+layers whose paths are identical are refused (``"auto"`` then picks a backend that keeps them identical).
 
 The extension is built on first use with ``torch.utils.cpp_extension.load_inline`` (``-O3 -march=native``,
 OpenMP; about 25 s on a 2-core machine, cached in torch's extensions directory under a name tagged by the CPU,
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ._compile import exporting
-from ._rules import dense_cpu_reason
+from ._rules import dense_cpu_reason, identical_paths_reason, needs_grad
 
 
 def _cpu_tag() -> str:
@@ -315,15 +314,22 @@ def _load():
     return _EXT
 
 
+def unavailable_reason() -> str | None:
+    """Why the extension cannot be used (None if it is loaded or not tried yet)."""
+    return _ERROR
+
+
 def available() -> bool:
     """Whether the extension is (or can be) built and loaded; builds it on first call."""
     return _load() is not None
 
 
 class NativeBackend:
-    """The whole inference time loop in compiled C++; CPU, float32/float64, dense input, no autograd."""
+    """The whole inference time loop in compiled C++; two-path LSTM layers, CPU, float32/float64, dense input,
+    no autograd."""
 
     name = "native"
+    kinds = ("lstm",)
     chunk_rows = 1024  # rows (steps x batch) of the input projection per GEMM
     # The recurrent GEMM, by batch x hidden_size: below small_max_work a hand-written register-blocked kernel
     # (MKL's and oneDNN's per-call overheads dominate there), else oneDNN with the weight packed once per call
@@ -334,20 +340,19 @@ class NativeBackend:
     _onednn_ok: bool | None = None  # None: not tried yet in this process
     grain = 16  # batch rows per thread in the pointwise pass (two threads only from 2 x grain rows)
 
-    def supports(self, x: Tensor, batch_sizes, weights, training) -> str | None:
+    def supports(self, spec, x: Tensor, batch_sizes, weights, states) -> str | None:
+        if spec.kind.name != "lstm" or spec.paths != 2 or spec.proj_size:
+            return "only two-path LSTM layers without proj_size (the paper's Cerebral LSTM)"
         reason = dense_cpu_reason(x, batch_sizes, weights)
         if reason is not None:
             return reason
-        if any(w is not None and (w.device.type != "cpu" or w.dtype != x.dtype) for ws in weights for w in ws):
-            return "weights are not on the CPU in the input's dtype"
-        if torch.is_grad_enabled() and (x.requires_grad or any(
-                w is not None and w.requires_grad for ws in weights for w in ws)):
+        if needs_grad(x, states, weights):
             return "inference only: autograd needs gradients here (use torch.no_grad() or another backend)"
         if exporting() or torch.compiler.is_compiling():
             return "torch.export / jit tracing / torch.compile cannot trace a C++ extension"
         if _load() is None:
             return _ERROR
-        return None
+        return identical_paths_reason(spec, weights)
 
     def _use_onednn(self, x) -> bool:
         if NativeBackend._onednn_ok is False:
@@ -356,13 +361,15 @@ class NativeBackend:
             return self.onednn
         return x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
-    def forward_layer(self, x, h0, c0, weights, batch_sizes):
+    def forward_layer(self, spec, x, states, weights, batch_sizes):
+        h0, c0 = states
         ext = _load()
-        w_ih = [w[0] for w in weights]
-        w_hh = [w[1] for w in weights]
+        w_ih = [w.w_ih for w in weights]
+        w_hh = [w.w_hh for w in weights]
         empty = x.new_empty(0)
         bs = []
-        for _, _, b_ih, b_hh in weights:
+        for w in weights:
+            b_ih, b_hh = w.b_ih, w.b_hh
             b = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
             bs.append(empty if b is None else b)
         small = x.shape[1] * h0.shape[-1] < self.small_max_work
@@ -373,12 +380,12 @@ class NativeBackend:
                     out = ext.forward_layer(x, h0, c0, w_ih, w_hh, bs, packed, self.chunk_rows, self.grain,
                                             False)
                     NativeBackend._onednn_ok = True
-                    return tuple(out)
+                    return out[0], (out[1], out[2])
                 except (RuntimeError, AttributeError, NotImplementedError):
                     NativeBackend._onednn_ok = False  # this torch build cannot: plain addmm from now on
             out = ext.forward_layer(x, h0, c0, w_ih, w_hh, bs, [empty] * len(w_hh), self.chunk_rows,
                                     self.grain, small)
-        return tuple(out)
+        return out[0], (out[1], out[2])
 
 
 BACKEND = NativeBackend()

@@ -1,85 +1,65 @@
-"""Reference backend: a plain time loop over the step functions of :mod:`cerebral_rnn.cells`.
+"""Reference backend: one plain time loop over a kind's path step (:mod:`cerebral_rnn.kinds`), for every kind.
 
-Works for every case (any dtype and device, packed input, both directions) and serves RNN, LSTM and Cerebral
-layers alike through a pluggable pointwise function. The input projection is one GEMM over all steps; steps
-are taken with ``unbind``/``split`` so that autograd stays linear in T (slicing ``G[t]`` of one tensor makes
-backward quadratic, see DESIGN.md).
+Works for every case (any dtype and device, packed input, both directions, projection). The input projection
+is one GEMM per path over all steps; steps are taken with ``unbind``/``split`` so that autograd stays linear in
+T (slicing ``G[t]`` of one tensor makes backward quadratic in T).
+
+Symmetry by construction: every path is computed from its *own* copies of its parameter blocks (fresh,
+contiguous, equally aligned buffers), by the same operations on operands of the same shape: its own input
+projection, its own recurrent GEMM per step, its own pointwise step. So paths with identical parameters get
+bitwise identical values and gradients on any CPU (one GEMM over all paths' rows would round a path's rows
+differently depending on where they sit relative to the SIMD width, and identical paths drift apart in
+training).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..cells import cerebral_lstm_pointwise, lstm_pointwise
+from ..kinds import paths_step
+from ..layout import DirectionWeights, LayerSpec, split_paths
 
-State = tuple[Tensor, ...]
-# pointwise(gates, state) -> new state; gates = W_ih x + b_ih + W_hh h + b_hh; state[0] is h.
-Pointwise = Callable[[Tensor, State], State]
-
-
-def rnn_pointwise(nonlinearity: str) -> Pointwise:
-    act = torch.tanh if nonlinearity == "tanh" else torch.relu
-    return lambda gates, state: (act(gates),)
+State = tuple[Tensor, ...]  # (h,) or (h, c_1, ..., c_K): each path's cell state separately
 
 
-def lstm_state_pointwise(gates: Tensor, state: State) -> State:
-    return lstm_pointwise(gates, state[1])
+def _run_direction(spec: LayerSpec, x: Tensor, batch_sizes: Tensor | None, state0: State, w: DirectionWeights,
+                   reverse: bool) -> tuple[Tensor, State]:
+    kind, K = spec.kind, spec.paths
+    pw = split_paths(w, spec)
+    gx = [F.linear(x, pw.w_ih[k], pw.b_x[k]) for k in range(K)]  # K x (T, B, G H) or packed (N, G H)
 
-
-def cerebral_state_pointwise(gates: Tensor, state: State) -> State:
-    return cerebral_lstm_pointwise(gates, state[1])
-
-
-def _path_linear(x: Tensor, w: Tensor, b: Tensor | None, paths: int) -> Tensor:
-    """``W x + b``, computed one path (block of ``rows / paths`` rows) at a time and concatenated.
-
-    Used for the input projection, which also carries both biases, so that each Cerebral path's bias gradient
-    comes from the same reduction kernel on an operand of the same shape. One linear over all 8H rows makes
-    the bias gradient a column reduction whose rounding depends on the column's position (when 4H is not a
-    multiple of the vector width, e.g. H=5 or 13): identical paths then got gradients 1 ulp apart at the first
-    step and drifted to O(1) differences within a few hundred Adam steps (init.py, DESIGN.md "Symmetry").
-    """
-    if paths == 1:
-        return F.linear(x, w, b)
-    bs = b.chunk(paths) if b is not None else (None,) * paths
-    return torch.cat([F.linear(x, wp, bp) for wp, bp in zip(w.chunk(paths), bs)], dim=-1)
-
-
-def _run_direction(x: Tensor, batch_sizes: Tensor | None, state0: State, w_ih: Tensor, w_hh: Tensor,
-                   b_ih: Tensor | None, b_hh: Tensor | None, pointwise: Pointwise,
-                   reverse: bool, paths: int = 1) -> tuple[Tensor, State]:
-    bias = b_ih + b_hh if b_ih is not None else None
-    gx = _path_linear(x, w_ih, bias, paths)  # (T, B, G) or packed (N, G): input projection and both biases
-
-    def step(g: Tensor, state: State) -> State:
-        return pointwise(g + F.linear(state[0], w_hh), state)  # one bias-free GEMM per step
+    def step(gx_t: list[Tensor], state: State) -> State:
+        cells = list(state[1:]) if kind.has_cell else None
+        h, cells = paths_step(kind, gx_t, state[0], cells, pw.w_hh, pw.b_h, pw.peephole, pw.w_hr)
+        return (h, *cells) if kind.has_cell else (h,)
 
     if batch_sizes is None:
-        steps = gx.unbind(0)
-        order = range(len(steps) - 1, -1, -1) if reverse else range(len(steps))
-        outs: list[Tensor] = [x.new_empty(0)] * len(steps)
+        steps = [g.unbind(0) for g in gx]
+        T = len(steps[0])
+        order = range(T - 1, -1, -1) if reverse else range(T)
+        outs: list[Tensor] = [x.new_empty(0)] * T
         state = state0
         for t in order:
-            state = step(steps[t], state)
+            state = step([s[t] for s in steps], state)
             outs[t] = state[0]
         return torch.stack(outs), state
 
     sizes = batch_sizes.tolist()
-    chunks = gx.split(sizes)  # chunk t: (sizes[t], G), sequences sorted by decreasing length
+    chunks = [g.split(sizes) for g in gx]  # chunk t: (sizes[t], G H), sequences sorted by decreasing length
     outs = [x.new_empty(0)] * len(sizes)
     if not reverse:
         state = state0
         finished: list[State] = []  # states of sequences that ended, last rows first
-        for t, g in enumerate(chunks):
+        for t in range(len(sizes)):
             b = sizes[t]
             if b < state[0].shape[0]:
                 finished.append(tuple(s[b:] for s in state))
                 state = tuple(s[:b] for s in state)
-            state = step(g, state)
+            state = step([c[t] for c in chunks], state)
             outs[t] = state[0]
         finished.append(state)
         final = tuple(torch.cat([part[k] for part in reversed(finished)]) for k in range(len(state0)))
@@ -89,39 +69,40 @@ def _run_direction(x: Tensor, batch_sizes: Tensor | None, state0: State, w_ih: T
         b = sizes[t]
         if b > state[0].shape[0]:  # sequences whose last step is t start here, from their initial state
             state = tuple(torch.cat([s, s0[s.shape[0]: b]]) for s, s0 in zip(state, state0))
-        state = step(chunks[t], state)
+        state = step([c[t] for c in chunks], state)
         outs[t] = state[0]
     return torch.cat(outs), state
 
 
-def run_layer(x: Tensor, batch_sizes: Tensor | None, states0: State,
-              weights: Sequence[tuple[Tensor, Tensor, Tensor | None, Tensor | None]],
-              pointwise: Pointwise, paths: int = 1) -> tuple[Tensor, State]:
-    """One layer, every direction. ``states0``: tensors of shape (D, B, *). Returns y and (D, B, *) states.
-
-    ``paths``: the number of independent blocks of gate rows (2 for the Cerebral LSTM), see :func:`_path_linear`.
-    """
+def run_layer(spec: LayerSpec, x: Tensor, batch_sizes: Tensor | None, states0: State,
+              weights: Sequence[DirectionWeights]) -> tuple[Tensor, State]:
+    """One layer, every direction. ``states0``: ``(h_0,)`` or ``(h_0, c_0)``, each ``(D, B, *)`` with ``c_0``
+    ``K * H`` wide. Returns ``y`` (``(T, B, D * out)`` or packed ``(N, D * out)``) and the final states, shaped
+    as ``states0``."""
+    H = spec.hidden_size
     ys, finals = [], []
-    for d, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-        y, final = _run_direction(x, batch_sizes, tuple(s[d] for s in states0), w_ih, w_hh, b_ih, b_hh,
-                                  pointwise, reverse=d == 1, paths=paths)
+    for d, w in enumerate(weights):
+        state = (states0[0][d],)
+        if spec.kind.has_cell:
+            state += tuple(c.clone(memory_format=torch.contiguous_format) for c in states0[1][d].split(H, dim=-1))
+        y, final = _run_direction(spec, x, batch_sizes, state, w, reverse=d == 1)
         ys.append(y)
-        finals.append(final)
+        finals.append((final[0], torch.cat(final[1:], dim=-1)) if spec.kind.has_cell else final)
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
     return y, tuple(torch.stack([f[k] for f in finals]) for k in range(len(states0)))
 
 
 class ReferenceBackend:
-    """The Cerebral LSTM reference: supports every input; the oracle the fused backends are tested against."""
+    """Every kind, every input: the oracle the other backends are tested against."""
 
     name = "reference"
+    kinds = None  # all
 
-    def supports(self, x, batch_sizes, weights, training) -> str | None:
+    def supports(self, spec, x, batch_sizes, weights, states) -> str | None:
         return None
 
-    def forward_layer(self, x, h0, c0, weights, batch_sizes):
-        y, (h_n, c_n) = run_layer(x, batch_sizes, (h0, c0), weights, cerebral_state_pointwise, paths=2)
-        return y, h_n, c_n
+    def forward_layer(self, spec, x, states, weights, batch_sizes):
+        return run_layer(spec, x, batch_sizes, states, weights)
 
 
 BACKEND = ReferenceBackend()

@@ -1,0 +1,142 @@
+r"""Cell kinds: one description per kind, read by the cells, the layers, the reference loop and the backends.
+
+A *kind* says what one path of a cell computes after its two matrix products, and how the paths are combined.
+Every recurrent layer of the library is ``K = num_paths`` copies of one kind reading the same
+``[h(t-1), x(t)]`` (K = 1 for the plain RNN, LSTM and GRU):
+
+* path k's pre-activations ``gx_k = W_ih,k x + b`` and ``gh_k = W_hh,k h(t-1) (+ b_hh,k)``, each
+  ``gate_blocks * H`` wide (rows in the kind's gate order);
+* path k's pointwise step ``out_k, c_k(t) = step(gx_k, gh_k, h(t-1), c_k(t-1), peephole_k)``;
+* ``h(t) = combine(out_1, ..., out_K)``: the sum (LSTM kinds: :math:`h = \sum_k o_k \odot \tanh(c_k)`, the
+  Cerebral LSTM of Kumar 2020 for K = 2) or the mean (GRU: keeps ``h`` a convex combination, bounded in
+  (-1, 1)); then, for LSTM kinds with ``proj_size = P``, :math:`h \leftarrow W_{hr} h` (P features).
+
+Storage (every layer, cell and backend uses it): ``weight_ih`` has ``K * gate_blocks * H`` rows, path k's
+block ``[k G H, (k + 1) G H)`` in the kind's gate order; ``weight_hh``, ``bias_ih``, ``bias_hh`` likewise;
+peephole kinds add ``peephole`` (``K * 3 H``: path k's ``w_ci, w_cf, w_co``). Cell kinds carry ``c`` with
+``K * H`` features, path k's at ``[k H, (k + 1) H)``.
+
+Adding a kind = one path step function here, one :class:`CellKind` entry in :data:`KINDS`, and its tests; the
+layer classes, :class:`~cerebral_rnn.StackedRNN`, the reference backend and the initialisation read the
+description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["CellKind", "KINDS", "get_kind", "combine", "paths_step", "lstm_path", "peephole_path", "gru_path",
+           "rnn_tanh_path", "rnn_relu_path"]
+
+# step(gx, gh, h, c, peephole) -> (out, c_new); c and c_new are None for kinds without a cell state.
+PathStep = Callable[[Tensor, Tensor, Tensor, "Tensor | None", "Tensor | None"], "tuple[Tensor, Tensor | None]"]
+
+
+def lstm_path(gx: Tensor, gh: Tensor, h: Tensor, c: Tensor, peephole: Tensor | None = None):
+    """One LSTM path (``torch.nn.LSTM``'s equations, rows i, f, g, o): returns ``(o * tanh(c'), c')``.
+
+    ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)`` -- Kumar 2020 eqs. 1-5 (upper path) and 6-10 (lower path).
+    """
+    i, f, g, o = (gx + gh).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def peephole_path(gx: Tensor, gh: Tensor, h: Tensor, c: Tensor, peephole: Tensor):
+    """One peephole LSTM path (Gers & Schmidhuber 2000): the input and forget gates see ``c(t-1)``, the output
+    gate sees ``c(t)``, each through a diagonal weight (``peephole`` = ``[w_ci, w_cf, w_co]``, 3H)."""
+    a_i, a_f, a_g, a_o = (gx + gh).chunk(4, dim=-1)
+    w_ci, w_cf, w_co = peephole.chunk(3, dim=-1)
+    i = torch.sigmoid(a_i + w_ci * c)
+    f = torch.sigmoid(a_f + w_cf * c)
+    c = f * c + i * torch.tanh(a_g)
+    o = torch.sigmoid(a_o + w_co * c)
+    return o * torch.tanh(c), c
+
+
+def gru_path(gx: Tensor, gh: Tensor, h: Tensor, c: None = None, peephole: None = None):
+    """One GRU path (``torch.nn.GRU``'s equations, rows r, z, n; ``gh`` includes ``b_hh`` because the reset
+    gate multiplies ``W_hn h + b_hn``): returns ``((1 - z) * n + z * h, None)``."""
+    x_r, x_z, x_n = gx.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h, None
+
+
+def rnn_tanh_path(gx: Tensor, gh: Tensor, h: Tensor, c: None = None, peephole: None = None):
+    """Elman step: ``tanh(W_ih x + b_ih + W_hh h + b_hh)``."""
+    return torch.tanh(gx + gh), None
+
+
+def rnn_relu_path(gx: Tensor, gh: Tensor, h: Tensor, c: None = None, peephole: None = None):
+    """Elman step with ReLU: ``relu(W_ih x + b_ih + W_hh h + b_hh)``."""
+    return torch.relu(gx + gh), None
+
+
+@dataclass(frozen=True)
+class CellKind:
+    """What one path computes and how K paths combine. See the module docstring for the storage layout."""
+
+    name: str
+    gates: tuple[str, ...]  # a path's row blocks of weight_ih / weight_hh / biases, in storage order
+    step: PathStep  # the reference pointwise step of one path
+    has_cell: bool = False  # carries a cell state c (H per path)
+    combine: str = "sum"  # "sum" or "mean" of the paths' outputs
+    peephole: bool = False  # a per-path (3H,) diagonal peephole parameter
+    hh_bias_in_step: bool = False  # b_hh stays inside gh (GRU); else b_ih + b_hh is added to gx
+    forget_gate: int | None = None  # index of the forget gate in ``gates`` (forget_bias), if any
+    projection: bool = False  # supports proj_size (LSTM kinds)
+
+    @property
+    def gate_blocks(self) -> int:
+        return len(self.gates)
+
+
+KINDS: dict[str, CellKind] = {
+    "lstm": CellKind("lstm", ("i", "f", "g", "o"), lstm_path, has_cell=True, forget_gate=1, projection=True),
+    "peephole": CellKind("peephole", ("i", "f", "g", "o"), peephole_path, has_cell=True, peephole=True,
+                         forget_gate=1),
+    "gru": CellKind("gru", ("r", "z", "n"), gru_path, combine="mean", hh_bias_in_step=True),
+    "rnn_tanh": CellKind("rnn_tanh", ("h",), rnn_tanh_path),
+    "rnn_relu": CellKind("rnn_relu", ("h",), rnn_relu_path),
+}
+
+
+def get_kind(name: str) -> CellKind:
+    return KINDS[name]
+
+
+def combine(kind: CellKind, outs: list[Tensor]) -> Tensor:
+    """``sum`` or ``mean`` of the paths' outputs, in path order (identical paths give identical summands)."""
+    h = outs[0]
+    for out in outs[1:]:
+        h = h + out
+    if kind.combine == "mean" and len(outs) > 1:
+        h = h / len(outs)
+    return h
+
+
+def paths_step(kind: CellKind, gx: list[Tensor], h: Tensor, cells: list[Tensor] | None, w_hh: list[Tensor],
+               b_h: list[Tensor | None], peephole: list[Tensor | None], w_hr: Tensor | None = None):
+    """One time step of K paths after their input projections ``gx`` (one ``(B, G H)`` tensor per path).
+
+    Each path k: its own recurrent GEMM ``gh_k = h W_hh,k^T (+ b_h,k)`` and its own pointwise step; then
+    ``combine`` and the optional projection. Returns ``(h', cells')`` (``cells'`` None for kinds without a cell).
+    """
+    outs, new_cells = [], []
+    for k in range(len(gx)):
+        gh = F.linear(h, w_hh[k], b_h[k])
+        out, c = kind.step(gx[k], gh, h, cells[k] if cells is not None else None, peephole[k])
+        outs.append(out)
+        new_cells.append(c)
+    h = combine(kind, outs)
+    if w_hr is not None:
+        h = F.linear(h, w_hr)  # proj_size: h = W_hr (sum over paths)
+    return h, (new_cells if kind.has_cell else None)
