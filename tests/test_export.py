@@ -51,12 +51,15 @@ def test_torch_export_matches_eager():
 
 
 def test_torch_compile_matches_reference_forward_and_backward():
+    """torch.compile runs the layer eagerly behind a graph break, with its fast CPU kernel. batch_first: the
+    layer hands the compiled head a contiguous output (a transposed one made torch 2.13's compiled backward
+    corrupt the heap, see layers.py)."""
     torch.manual_seed(0)
     model = Tagger().train()
     compiled = torch.compile(model)
     x = torch.randn(B_TRAIN, 5, 4)
     out, c_n = compiled(x)
-    assert model.rnn.last_backend == "fused"  # runs eagerly behind a graph break
+    assert model.rnn.last_backend in ("native", "fused")  # runs eagerly behind a graph break
     (out.square().sum() + c_n.sum()).backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)

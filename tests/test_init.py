@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from cerebral_rnn import LSTM, CerebralLSTM, CerebralLSTMCell, LSTMCell, available_backends, init
+from cerebral_rnn import LSTM, CerebralLSTM, CerebralLSTMCell, LSTMCell, init
 
 H = 5
 
@@ -30,71 +29,8 @@ def test_identical_and_distinct(make):
         assert not init.paths_equal(p)
 
 
-def _run_cell(cell, x):
-    hx, hs = None, []
-    for t in range(x.shape[0]):
-        hx = cell(x[t], hx)
-        hs.append(hx[0])
-    return torch.stack(hs), hx
-
-
-@pytest.mark.parametrize("what,B,backend", [("layer", 4, b) for b in available_backends()]
-                         + [("packed", 24, b) for b in available_backends()] + [("cell", 24, None)])
-def test_identical_paths_stay_identical_under_adam(what, B, backend):
-    """DESIGN.md, symmetry: without noise the two paths receive equal gradients and never diverge.
-
-    H=5 on purpose: 4H=20 is not a multiple of the SIMD width, where one fused 8H-row projection rounded the
-    two paths' bias gradients differently (they differed at the first step, by O(1) after a few hundred)."""
-    if what == "cell":
-        m = CerebralLSTMCell(3, H, init="identical")
-        head = torch.nn.Linear(H, 1)
-    else:
-        m = CerebralLSTM(3, H, num_layers=2, bidirectional=True, init="identical", backend=backend)
-        head = torch.nn.Linear(2 * H, 1)
-    opt = torch.optim.Adam(list(m.parameters()) + list(head.parameters()), lr=0.05)
-    gen = torch.Generator().manual_seed(7)
-    lengths = torch.randint(1, 7, (B,), generator=gen).tolist()
-    before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    for _ in range(20):
-        x = torch.randn(6, B, 3, generator=gen)
-        target = torch.randn(6, B, 1, generator=gen)
-        if what == "cell":
-            y, (_, c) = _run_cell(m, x)
-        else:
-            inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if what == "packed" else x
-            try:
-                out, (_, c) = m(inp)
-            except ValueError as e:  # a named backend may refuse a case it cannot compute exactly
-                assert backend not in ("auto", "reference") and "cannot run this input" in str(e)
-                return
-            y = pad_packed_sequence(out, total_length=6)[0] if what == "packed" else out
-        loss = ((head(y) - target) ** 2).mean() + 0.1 * c.pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        for name, p in m.named_parameters():
-            assert torch.equal(*halves(p.grad)), name
-        opt.step()
-    for name, p in m.named_parameters():
-        assert not torch.equal(p, before[name]), name  # it did train
-        assert torch.equal(*halves(p.detach())), name
-    # and c = [UC | LC] has equal halves: h = 2 o tanh(c)
-    x = torch.randn(6, B, 3, generator=gen)
-    _, (_h, c) = _run_cell(m, x) if what == "cell" else m(x)
-    assert torch.equal(c[..., :H], c[..., H:])
-
-
-def test_dropout_between_layers_keeps_paths_identical():
-    """Dropout acts on a layer's H-wide output, which both paths of the next layer read: the two paths still
-    see the same noise and stay identical. (Breaking the symmetry takes noise that differs between paths.)"""
-    m = CerebralLSTM(3, H, num_layers=2, init="identical", dropout=0.5)
-    opt = torch.optim.Adam(m.parameters(), lr=0.05)
-    for _ in range(5):
-        y, (_h, _c) = m(torch.randn(6, 4, 3))
-        opt.zero_grad()
-        y.pow(2).mean().backward()
-        opt.step()
-    for name, p in m.named_parameters():
-        assert torch.equal(*halves(p.detach())), name
+# That identical paths stay identical under training (dense, packed, cells, dropout between layers, every
+# backend, every kind, both ISAs) is tested in tests/test_symmetry.py.
 
 
 @pytest.mark.parametrize("forget_bias", [1.0, -2.5, 0])

@@ -16,7 +16,8 @@ parameters computes in the autocast dtype, casting its input, states and weights
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,8 @@ from torch.nn.utils.rnn import PackedSequence
 from . import backends as _backends
 from . import init as _init
 from ._checks import check_bool, check_dropout, check_like, check_positive_int
-from .backends._compile import run_eager_under_compile
+from ._compat import autocast_dtype, autocast_enabled
+from .backends._compile import compiling_eagerly, eager
 from .kinds import KINDS, CellKind
 from .layout import DirectionWeights, LayerSpec
 
@@ -49,11 +51,23 @@ def _autocast_dtype(x: Tensor, params_dtype: torch.dtype) -> torch.dtype | None:
     """The dtype a layer computes in under autocast (None when autocast is off for x's device): the autocast
     dtype for float32 parameters (as torch's fused LSTM casts them), else the parameters' own dtype."""
     device_type = x.device.type
-    if not x.is_floating_point() or device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+    if not x.is_floating_point() or device_type not in ("cpu", "cuda") or not autocast_enabled(device_type):
         return None
     if params_dtype == torch.float32:
-        return torch.get_autocast_dtype(device_type)
+        return autocast_dtype(device_type)
     return params_dtype
+
+
+@contextmanager
+def _shape_checks():
+    """Around argument checks: while jit tracing, a shape compared with a size is recorded as a constant, which
+    is what a check means, so torch's TracerWarning about it is silenced (and only there)."""
+    if not torch.jit.is_tracing():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
 
 
 class _RNNBase(nn.Module):
@@ -233,11 +247,27 @@ class _RNNBase(nn.Module):
         return [DirectionWeights(*(t if t is None else t.to(dtype) for t in w)) for w in weights]
 
     def forward(self, input, hx=None):
+        # Under torch.compile the whole layer runs eagerly behind one graph break (its backends choose kernels
+        # from parameter values and run C++ or oneDNN code that inductor cannot lower); torch.export and jit
+        # tracing record it op by op (backends.select_backend then picks traceable backends).
+        if compiling_eagerly():
+            return eager(self._forward_contiguous, input, hx)
+        return self._forward(input, hx)
+
+    def _forward_contiguous(self, input, hx):
+        # With torch 2.13, a transposed (batch_first) tensor coming out of a graph break into a compiled
+        # nn.Linear corrupted the heap in the compiled backward (aborts or NaN in most runs, also with
+        # torch.nn.LSTM in place of this layer); a contiguous output did not. See README, "Deployment".
+        output, state = self._forward(input, hx)
+        return (output.contiguous() if isinstance(output, Tensor) else output), state
+
+    def _forward(self, input, hx=None):
         data = input.data if isinstance(input, PackedSequence) else input
         compute_dtype = _autocast_dtype(data, self.weight_ih_l0.dtype) if isinstance(data, Tensor) else None
-        x, batch_sizes, sorted_indices, unsorted_indices, batched = self._check_input(input, compute_dtype)
-        batch = int(batch_sizes[0]) if batch_sizes is not None else x.shape[1]
-        states0 = self._initial_states(hx, x, batch, batched, sorted_indices, compute_dtype)
+        with _shape_checks():
+            x, batch_sizes, sorted_indices, unsorted_indices, batched = self._check_input(input, compute_dtype)
+            batch = int(batch_sizes[0]) if batch_sizes is not None else x.shape[1]
+            states0 = self._initial_states(hx, x, batch, batched, sorted_indices, compute_dtype)
         if compute_dtype is not None:
             x = x.to(compute_dtype)
             states0 = [s.to(compute_dtype) for s in states0]
@@ -400,11 +430,6 @@ class _CerebralBase(_RNNBase):
         self.reset_parameters()
 
     def _run_layer(self, layer, x, batch_sizes, states, cast):
-        # Under torch.compile the choice (which reads parameter values) and the backend run eagerly behind a
-        # graph break; under torch.export / jit tracing they are traced (auto then picks traceable backends).
-        return run_eager_under_compile(self._select_and_run, layer, x, batch_sizes, states, cast)
-
-    def _select_and_run(self, layer, x, batch_sizes, states, cast):
         weights = self._layer_weights_as(layer, cast)
         spec = self.spec
         backend = _backends.select_backend(self.backend, spec, x, batch_sizes, weights, states)

@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import torch
 
+from .._compat import is_compiling, is_exporting
+
 
 def exporting() -> bool:
     """True while ``torch.export`` or jit tracing/scripting records the model."""
-    return bool(torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting())
+    return bool(is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+def compiling_eagerly() -> bool:
+    """True under ``torch.compile`` but not under ``torch.export``: then backends run behind a graph break."""
+    return is_compiling() and not exporting()
 
 
 @torch.compiler.disable
-def _eager(fn, *args):
+def eager(fn, *args):
+    """``fn(*args)`` run eagerly: a graph break under ``torch.compile``."""
     return fn(*args)
 
 
 def run_eager_under_compile(fn, *args):
     """``fn(*args)``; under ``torch.compile`` (not export) as an eager call behind a graph break."""
-    if torch.compiler.is_compiling() and not exporting():
-        return _eager(fn, *args)
+    if compiling_eagerly():
+        return eager(fn, *args)
     return fn(*args)

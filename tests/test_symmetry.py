@@ -1,0 +1,121 @@
+"""``init="identical"``: the paths of a layer stay bitwise identical under training, on any CPU.
+
+With identical parameters every path of a Cerebral layer receives the same gradient at every step, so in exact
+arithmetic the paths never separate. In floating point they stay identical only if every operation treats the
+paths alike; the library promises it by construction (per-path matrix products and pointwise steps), and the
+backends that cannot promise it (they interleave the paths in one kernel) refuse such layers. These tests train
+for 20 Adam steps and compare the paths bit for bit, through ``auto`` and through every named backend that
+accepts the case (a named backend that refuses is skipped with its reason). CI runs this file a second time
+with the AVX2 code paths forced (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2).
+
+H = 1, 4, 5, 24, 128: sizes whose gate blocks do and do not fill the 8- and 16-float SIMD registers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from cerebral_rnn import (
+    CerebralGRU,
+    CerebralGRUCell,
+    CerebralLSTM,
+    CerebralLSTMCell,
+    CerebralPeepholeLSTM,
+    CerebralPeepholeLSTMCell,
+    available_backends,
+)
+
+LAYERS = {"lstm": CerebralLSTM, "peephole": CerebralPeepholeLSTM, "gru": CerebralGRU}
+CELLS = {"lstm": CerebralLSTMCell, "peephole": CerebralPeepholeLSTMCell, "gru": CerebralGRUCell}
+PER_PATH = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "peephole")
+
+# (kind, paths, H): every kind at the sizes that matter; the widest size only for the paper's cell
+CASES = ([("lstm", 2, H) for H in (1, 4, 5, 24, 128)] + [("lstm", 3, H) for H in (1, 5, 24)]
+         + [("peephole", 2, H) for H in (1, 5, 24)] + [("gru", 2, H) for H in (1, 4, 5, 24)])
+
+
+def paths_equal(t: torch.Tensor, paths: int) -> bool:
+    blocks = t.chunk(paths, dim=0)
+    return all(torch.equal(blocks[0], b) for b in blocks[1:])
+
+
+def per_path(name: str) -> bool:
+    return name.split("_l")[0] in PER_PATH
+
+
+def run(m, x, lengths):
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths is not None else x
+    out, state = m(inp)
+    y = pad_packed_sequence(out, total_length=x.shape[0])[0] if lengths is not None else out
+    c = state[1] if isinstance(state, tuple) else None
+    return y, c
+
+
+def train_and_check(m, paths: int, H: int, B: int, lengths_gen, steps: int = 20) -> None:
+    head = torch.nn.Linear(m.hidden_size * m.num_directions, 1)
+    opt = torch.optim.Adam(list(m.parameters()) + list(head.parameters()), lr=0.05)
+    gen = torch.Generator().manual_seed(7)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    for step in range(steps):
+        x = torch.randn(6, B, 3, generator=gen)
+        lengths = lengths_gen(gen) if lengths_gen is not None else None
+        y, c = run(m, x, lengths)
+        if step == 0 and m.backend != "auto":
+            assert m.last_backend == m.backend
+        loss = ((head(y) - torch.randn(6, B, 1, generator=gen)) ** 2).mean()
+        if c is not None:
+            loss = loss + 0.1 * c.pow(2).mean()  # symmetric in the paths
+        opt.zero_grad()
+        loss.backward()
+        for name, p in m.named_parameters():
+            if per_path(name):
+                assert paths_equal(p.grad, paths), f"step {step}: grad of {name} differs between paths"
+        opt.step()
+    for name, p in m.named_parameters():
+        assert not torch.equal(p, before[name]), f"{name} did not train"
+        if per_path(name):
+            assert paths_equal(p.detach(), paths), f"{name} differs between paths after {steps} steps"
+    if c is not None:  # every path's cell state is the same: h = K o tanh(c)
+        assert paths_equal(c.detach().movedim(-1, 0), paths)
+
+
+@pytest.mark.parametrize("kind,paths,H", CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("backend", ["auto", "reference", "lstm2h", "fused", "native"])
+def test_identical_paths_stay_identical_under_adam(kind, paths, H, num_layers, packed, backend):
+    if backend not in available_backends(kind):
+        pytest.skip(f"backend {backend!r} does not compute kind {kind!r}")
+    B = 32 if H >= 24 else 12  # enough work per step that auto would consider its fast CPU kernels
+    m = LAYERS[kind](3, H, num_layers=num_layers, bidirectional=True, dropout=0.3 if num_layers > 1 else 0.0,
+                     num_paths=paths, init="identical", backend=backend)
+    lengths = (lambda g: torch.randint(1, 7, (B,), generator=g).tolist()) if packed else None
+    try:
+        run(m, torch.randn(6, B, 3), lengths(torch.Generator().manual_seed(0)) if packed else None)
+    except ValueError as e:
+        if backend == "auto" or "cannot run this input" not in str(e):
+            raise
+        pytest.skip(f"backend {backend!r} refuses this case: {str(e)[:200]}")
+    train_and_check(m, paths, H, B, lengths)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "gru"])
+@pytest.mark.parametrize("H", [1, 5, 24])
+def test_identical_cell_paths_stay_identical(kind, H):
+    m = CELLS[kind](3, H, init="identical")
+    head = torch.nn.Linear(H, 1)
+    opt = torch.optim.Adam(list(m.parameters()) + list(head.parameters()), lr=0.05)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        state, loss = None, 0.0
+        for _t in range(5):
+            state = m(torch.randn(12, 3, generator=gen), state)
+            h = state[0] if isinstance(state, tuple) else state
+            loss = loss + head(h).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for name, p in m.named_parameters():
+        assert paths_equal(p.detach(), 2), name
