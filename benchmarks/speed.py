@@ -1,45 +1,110 @@
-"""Speed and memory of CerebralLSTM against torch.nn.LSTM baselines.
+"""Speed and memory of the Cerebral family against torch.nn.LSTM / torch.nn.GRU, with the machine recorded.
 
-For each shape (T, B, I, H) and each model, one layer of:
+Models (``--models`` picks a subset; the baselines a picked model is measured against are always added). Every
+model has the shape's L layers, except ``lstm-2layer``, which has 2L (the stacked-LSTM comparison):
 
-* ``cerebral-auto``       CerebralLSTM(I, H), backend "auto" (the backend it picked is recorded)
-* ``cerebral-reference``  CerebralLSTM(I, H), backend "reference" (the plain time loop)
-* ``lstm``                nn.LSTM(I, H)                 -- the baseline every ratio is taken against
-* ``lstm-2layer``         nn.LSTM(I, H, num_layers=2)
-* ``lstm-matched``        nn.LSTM(I, H') with about the Cerebral layer's parameter count
+========================== ================================================ ======== =================
+name                       module                                           baseline target: train /
+                                                                                     infer / memory
+========================== ================================================ ======== =================
+``cerebral-auto``          CerebralLSTM(I, H), K = 2 paths, backend auto    lstm     2.2 / 2.2 / 2.2
+``cerebral-k3-auto``       CerebralLSTM(I, H, num_paths=3), backend auto    lstm     3.3 / 3.3 / -
+``cerebral-peephole-auto`` CerebralPeepholeLSTM(I, H), backend auto         lstm     2.5 / 2.5 / -
+``cerebral-gru-auto``      CerebralGRU(I, H), backend auto                  gru      2.5 / 2.5 / -
+``cerebral-reference``     CerebralLSTM(I, H), backend reference (the loop) lstm     -
+``lstm``                   nn.LSTM(I, H): the baseline                      lstm     -
+``gru``                    nn.GRU(I, H): cerebral-gru-auto's baseline       lstm     -
+``lstm-2layer``            nn.LSTM(I, H, num_layers=2L)                     lstm     -
+``lstm-matched``           nn.LSTM(I, H'), about cerebral-auto's params     lstm     -
+========================== ================================================ ======== =================
 
-it measures a training step (forward + backward of ``(y * probe).sum()`` with a fixed random ``probe``, so the
-gradient is dense) and inference (forward under ``torch.no_grad()``): the median of ``--repeats`` timed runs
-after one warm-up, the models interleaved run by run so that noise from other processes hits them alike.
+``cerebral-reference`` is slow and runs only with ``--with-reference`` or when ``--models`` names it. The
+targets are issue #10's (K = 2: 2.2x nn.LSTM(H) for training, inference and memory) and issue #9's (K paths:
+1.1 K x nn.LSTM(H); peephole: 2.5x nn.LSTM(H); GRU: 2.5x nn.GRU(H)).
 
-Peak training memory: on CUDA ``torch.cuda.max_memory_allocated`` over one training step, minus what was
-allocated before it. On the CPU, where torch keeps no allocator statistics, glibc's ``mallinfo2`` (bytes in
-use by malloc, heap and mmap) is sampled after every aten op of one training step (a ``TorchDispatchMode``),
-and the peak minus the value before the step is reported. It sees every tensor an op returns or keeps
-(activations, workspaces, gradients) but not scratch memory allocated and freed inside one op.
+Shapes are (T, B, I, H[, L]) = (steps, batch, input size, hidden size, layers). The default grid is the 7
+one-layer shapes of the README plus pytorch/examples' word_language_model as a client would run it: two
+layers, I = H = 64, T = 35, training at B = 20 and inference at its evaluation batch B = 10 (each measured in
+that mode only). ``--shapes`` takes ``T,B,I,H[,L][:train|:infer]``.
+
+Timing. A training step is forward + backward of ``(y * probe).sum()`` with a fixed random ``probe`` (so the
+gradient is dense); inference is a forward under ``torch.no_grad()`` in eval mode. ``--runs`` passes over the
+whole grid; in each pass, per shape, every model gets one warm-up call (which also records the backend each
+layer ran), then ``--repeats`` timed calls, the models interleaved call by call so that noise from other
+processes hits them alike; a model's time in a pass is the median of its calls. A ratio is taken within a pass
+(a model's time over its baseline's); the table shows the median of the passes' ratios and their min-max
+range. Every timed call of every pass is kept in the JSON. On CUDA every timed call is bracketed by
+``torch.cuda.synchronize()``.
+
+Peak training memory (first pass only): on CUDA ``torch.cuda.max_memory_allocated`` over one training step,
+minus what was allocated before it. On the CPU, where torch keeps no allocator statistics, glibc's
+``mallinfo2`` (bytes in use by malloc, heap and mmap) is sampled after every aten op of one training step (a
+``TorchDispatchMode``), and the peak minus the value before the step is reported. It sees every tensor an op
+returns or keeps (activations, workspaces, gradients) but not scratch memory allocated and freed inside one
+op.
+
+The machine is recorded (CPU model, vendor, ISA flags, torch's CPU capability, ``ATEN_CPU_CAPABILITY`` and
+``ONEDNN_MAX_CPU_ISA``, the native backend's build, threads, versions, load averages at start and end; on CUDA
+the GPU, CUDA and cuDNN versions) in the JSON and in the table's header lines. The compiled ``native`` backend
+is built (or loaded from the extension cache) before anything is timed.
+
+The JSON report (``"schema": 2``)::
+
+    schema, command (as typed, with the kernel-selecting environment variables), timestamp, timestamp_end,
+    seconds, device
+    machine   cpu_model, cpu_vendor, cpu_id (family/model/stepping),
+              isa_flags {avx2, avx512f, avx512_bf16, amx}, cpu_capability,
+              env {ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, DNNL_MAX_CPU_ISA, OMP_NUM_THREADS,
+              MKL_NUM_THREADS, CEREBRAL_RNN_NATIVE}, native {ready, unavailable_reason, build_target,
+              load_seconds} (null on CUDA), threads, interop_threads, cpu_count, cpus_available, memory_bytes,
+              mkldnn, torch, python, os, machine, load_average_start, load_average_end (1/5/15 min),
+              gpu {name, memory_bytes, capability, cuda, cudnn} (null on the CPU)
+    settings  runs, repeats, quick, models, shapes, statistic, baseline, memory_method
+    results   one per shape: shape {T, B, I, H, L, train, infer}, label,
+              models {name: describe, baseline, targets {train, infer, memory}, params, hidden_size,
+                      num_layers, num_paths, train_backend, train_backends (per layer), train_ms (median over
+                      runs), infer_backend, infer_backends, infer_ms, peak_train_bytes},
+              ratios {name: baseline, train {median, min, max, runs}, infer {...}, memory, over_target},
+              passes [one per run: models {name: train_ms, train_ms_runs, train_backend, infer_...},
+                      ratios {name: {train, infer}}, load_average]
+
+A mode a shape does not measure has null times, backends and ratios in ``models`` and ``ratios`` and no keys
+in ``passes``; memory is null where it is not measured (inference-only shapes, no mallinfo2).
 
 Usage::
 
-    python benchmarks/speed.py                       # CPU, all shapes, table + bench-results/speed-cpu.json
-    python benchmarks/speed.py --device cuda
-    python benchmarks/speed.py --quick               # seconds-long smoke run (what CI runs)
-    python benchmarks/speed.py --shapes 100,64,32,128 25,64,512,512 --repeats 9 --json out.json
+    python benchmarks/speed.py                # CPU, the grid, 3 runs: bench-results/speed-cpu-<isa>.json
+    python benchmarks/speed.py --quick        # seconds: bench-results/speed-cpu-<isa>-quick.json
+    python benchmarks/speed.py --device cuda  # bench-results/speed-cuda-<isa>.json
+    python benchmarks/speed.py --shapes 100,64,32,128 35,20,64,64,2:train --models cerebral-auto --runs 5
+    python benchmarks/speed.py --with-reference --markdown table.md --json out.json
+
+    # torch's and oneDNN's AVX2 kernels on an AVX-512 machine: bench-results/speed-cpu-avx2.json
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/speed.py
+
+(the ``native`` backend is compiled for its own target, which these variables do not change; the record shows
+the target where the backend exposes it as ``BUILD_TARGET``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import datetime
 import json
-import math
 import os
 import platform
+import shlex
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -47,25 +112,133 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
-from cerebral_rnn import CerebralLSTM
+import cerebral_rnn.backends as cerebral_backends
+from cerebral_rnn import CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM
 
-SHAPES = [(100, 64, 32, 128), (500, 32, 32, 128), (100, 8, 32, 128), (100, 1, 32, 128), (200, 128, 128, 256),
-          (100, 64, 256, 512), (25, 64, 512, 512)]
-# The last two train with "fused"; they infer with "native" (where it builds; else the last with "fused").
-QUICK_SHAPES = [(6, 4, 3, 8), (5, 64, 3, 64), (3, 256, 3, 64)]
-BASELINE = "lstm"
+SCHEMA = 2  # version of the JSON layout (1: one pass, one layer, no machine record)
+
+
+# -- shapes ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One point of the grid; ``train``/``infer``: whether that mode is measured at this shape."""
+
+    T: int
+    B: int
+    I: int
+    H: int
+    L: int = 1
+    train: bool = True
+    infer: bool = True
+
+    @property
+    def label(self) -> str:
+        mode = "" if self.train and self.infer else (" train" if self.train else " infer")
+        layers = f", L={self.L}" if self.L != 1 else ""
+        return f"{self.T}, {self.B}, {self.I}, {self.H}{layers}{mode}"
+
+
+SHAPES = [Shape(100, 64, 32, 128), Shape(500, 32, 32, 128), Shape(100, 8, 32, 128), Shape(100, 1, 32, 128),
+          Shape(200, 128, 128, 256), Shape(100, 64, 256, 512), Shape(25, 64, 512, 512),
+          # pytorch/examples word_language_model: 2 layers, bptt 35, batch 20 (training), eval batch 10
+          Shape(35, 20, 64, 64, 2, infer=False), Shape(35, 10, 64, 64, 2, train=False)]
+QUICK_SHAPES = [Shape(6, 4, 3, 8), Shape(5, 64, 3, 64), Shape(3, 256, 3, 64),
+                Shape(4, 3, 5, 16, 2, infer=False), Shape(4, 2, 5, 16, 2, train=False)]
+
+
+def parse_shape(text: str) -> Shape:
+    """``T,B,I,H[,L][:train|:infer]`` -> Shape (argparse type: its message names the flag)."""
+    dims, _, mode = text.partition(":")
+    parts = [p.strip() for p in dims.split(",")]
+    if len(parts) not in (4, 5) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError("expected T,B,I,H or T,B,I,H,L (positive ints), optionally "
+                                         f"followed by :train or :infer, got {text!r}")
+    if mode not in ("", "train", "infer"):
+        raise argparse.ArgumentTypeError(f"expected :train or :infer after the sizes, got {text!r}")
+    return Shape(*(int(p) for p in parts), train=mode != "infer", infer=mode != "train")
+
+
+# -- models ----------------------------------------------------------------------------------------------
+
+
+def _params_lstm(I: int, H: int, L: int, paths: int = 1) -> int:
+    """Parameters of an L-layer (Cerebral) LSTM with biases: paths * 4H (in + H + 2) per layer."""
+    return sum(paths * 4 * H * ((I if layer == 0 else H) + H + 2) for layer in range(L))
+
+
+def matched_hidden(I: int, H: int, L: int = 1) -> int:
+    """Hidden size of an L-layer nn.LSTM with the parameter count closest to CerebralLSTM(I, H, L) (K = 2)."""
+    target = _params_lstm(I, H, L, paths=2)
+    return min(range(1, 4 * H + 1), key=lambda h: (abs(_params_lstm(I, h, L) - target), h))
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    describe: str
+    baseline: str  # the model every ratio of this one is taken against
+    targets: dict  # "train" / "infer" / "memory" -> the highest acceptable ratio, or None
+    make: Callable  # (I, H, L, device) -> nn.Module
+
+
+def _targets(train=None, infer=None, memory=None) -> dict:
+    return {"train": train, "infer": infer, "memory": memory}
+
+
+MODELS = {m.name: m for m in [
+    Model("cerebral-auto", "CerebralLSTM(I, H), K=2, backend auto", "lstm", _targets(2.2, 2.2, 2.2),
+          lambda I, H, L, d: CerebralLSTM(I, H, L, device=d)),
+    Model("cerebral-k3-auto", "CerebralLSTM(I, H, num_paths=3), backend auto", "lstm", _targets(3.3, 3.3),
+          lambda I, H, L, d: CerebralLSTM(I, H, L, num_paths=3, device=d)),
+    Model("cerebral-peephole-auto", "CerebralPeepholeLSTM(I, H), backend auto", "lstm", _targets(2.5, 2.5),
+          lambda I, H, L, d: CerebralPeepholeLSTM(I, H, L, device=d)),
+    Model("cerebral-gru-auto", "CerebralGRU(I, H), backend auto", "gru", _targets(2.5, 2.5),
+          lambda I, H, L, d: CerebralGRU(I, H, L, device=d)),
+    Model("cerebral-reference", "CerebralLSTM(I, H), backend reference", "lstm", _targets(),
+          lambda I, H, L, d: CerebralLSTM(I, H, L, backend="reference", device=d)),
+    Model("lstm", "nn.LSTM(I, H)", "lstm", _targets(), lambda I, H, L, d: nn.LSTM(I, H, L, device=d)),
+    Model("gru", "nn.GRU(I, H)", "lstm", _targets(), lambda I, H, L, d: nn.GRU(I, H, L, device=d)),
+    Model("lstm-2layer", "nn.LSTM(I, H, num_layers=2L)", "lstm", _targets(),
+          lambda I, H, L, d: nn.LSTM(I, H, 2 * L, device=d)),
+    Model("lstm-matched", "nn.LSTM(I, H') with about cerebral-auto's parameter count", "lstm", _targets(),
+          lambda I, H, L, d: nn.LSTM(I, matched_hidden(I, H, L), L, device=d)),
+]}
+DEFAULT_MODELS = [n for n in MODELS if n != "cerebral-reference"]
+CEREBRAL_KINDS = ["cerebral-auto", "cerebral-k3-auto", "cerebral-peephole-auto", "cerebral-gru-auto",
+                  "cerebral-reference"]
+
+
+def select_models(names: list[str] | None, with_reference: bool) -> list[str]:
+    """The picked models plus the baselines they need, in MODELS order."""
+    picked = set(names or DEFAULT_MODELS)
+    if with_reference:
+        picked.add("cerebral-reference")
+    for name in list(picked):
+        picked.add(MODELS[name].baseline)
+    picked.add("lstm")
+    return [n for n in MODELS if n in picked]
+
+
+def build(shape: Shape, names: list[str], device: str) -> dict[str, nn.Module]:
+    models = {}
+    for name in names:
+        torch.manual_seed(0)  # the same weights whichever subset is picked
+        models[name] = MODELS[name].make(shape.I, shape.H, shape.L, device)
+    return models
 
 
 # -- memory ----------------------------------------------------------------------------------------------
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ["arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"]]
+    _fields_ = [(n, ctypes.c_size_t) for n in ["arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost"]]
 
 
 def _malloc_in_use():
-    """Bytes in use by glibc malloc (heap + mmap), or None where mallinfo2 is unavailable."""
+    """A function giving the bytes in use by glibc malloc (heap + mmap), or None where mallinfo2 is absent."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         fn = libc.mallinfo2
@@ -99,30 +272,7 @@ class _PeakCPU(TorchDispatchMode):
         return out
 
 
-# -- models and steps ------------------------------------------------------------------------------------
-
-
-def matched_hidden(I: int, H: int) -> int:
-    """Hidden size of an nn.LSTM with about the parameters of CerebralLSTM(I, H): 4h(I+h+2) ~ 8H(I+H+2)."""
-    target = 8 * H * (I + H + 2)
-    b = I + 2
-    return max(1, round((-b + math.sqrt(b * b + target)) / 2))
-
-
-def build(I: int, H: int, device: str) -> dict[str, nn.Module]:
-    torch.manual_seed(0)
-    return {
-        "cerebral-auto": CerebralLSTM(I, H, device=device),
-        "cerebral-reference": CerebralLSTM(I, H, backend="reference", device=device),
-        "lstm": nn.LSTM(I, H, device=device),
-        "lstm-2layer": nn.LSTM(I, H, num_layers=2, device=device),
-        "lstm-matched": nn.LSTM(I, matched_hidden(I, H), device=device),
-    }
-
-
-def _backend(model: nn.Module) -> str | None:
-    """The backend that ran the model's last forward (CerebralLSTM.last_backend; "torch" for nn.LSTM)."""
-    return "torch" if isinstance(model, nn.LSTM) else getattr(model, "last_backend", None)
+# -- steps and timing ------------------------------------------------------------------------------------
 
 
 def _sync(device: str) -> None:
@@ -143,11 +293,46 @@ def infer_step(model: nn.Module, x) -> None:
         model(x)
 
 
-def time_models(models: dict, fn, repeats: int, device: str) -> dict[str, list[float]]:
-    """Seconds per call of ``fn(model)``: one warm-up each, then ``repeats`` rounds, models interleaved."""
-    for m in models.values():
-        fn(m)
+@contextlib.contextmanager
+def _recording_backends(seen: list):
+    """Append the name of every backend ``cerebral_rnn.backends.select_backend`` picks (one per layer)."""
+    original = cerebral_backends.select_backend
+
+    def select_and_record(*args, **kwargs):
+        backend = original(*args, **kwargs)
+        seen.append(backend.name)
+        return backend
+
+    cerebral_backends.select_backend = select_and_record
+    try:
+        yield
+    finally:
+        cerebral_backends.select_backend = original
+
+
+def warm_up(model: nn.Module, call: Callable[[], None], device: str) -> list[str]:
+    """Run ``call()`` once (untimed); return the backend each layer ran ("torch" for torch's own modules)."""
+    if not hasattr(model, "last_backend"):
+        call()
+        _sync(device)
+        return ["torch"]
+    seen: list[str] = []
+    with _recording_backends(seen):
+        call()
     _sync(device)
+    # A layer class that stopped calling select_backend still records its last layer's backend.
+    return seen or [model.last_backend]
+
+
+def _backend_label(per_layer: list[str] | None) -> str | None:
+    """One name when every layer ran the same backend, else the layers' backends joined by '+'."""
+    if not per_layer:
+        return None
+    return per_layer[0] if len(set(per_layer)) == 1 else "+".join(per_layer)
+
+
+def time_calls(models: dict, fn, repeats: int, device: str) -> dict[str, list[float]]:
+    """Seconds per call of ``fn(model)``: ``repeats`` rounds, the models interleaved (no warm-up here)."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats):
         for name, m in models.items():
@@ -177,127 +362,449 @@ def peak_train_bytes(model: nn.Module, x, probes: dict, device: str, in_use) -> 
     return meter.peak
 
 
-# -- driver ----------------------------------------------------------------------------------------------
-
-
-def run(shapes, repeats: int, device: str, threads: int) -> dict:
-    in_use = _malloc_in_use() if device == "cpu" else None
-    results = []
-    for T, B, I, H in shapes:
-        models = build(I, H, device)
-        for m in models.values():
-            m.train()
-        torch.manual_seed(1)
-        x = torch.randn(T, B, I, device=device)
-        probes: dict = {}
-        train = time_models(models, lambda m, x=x, probes=probes: train_step(m, x, probes), repeats, device)
-        train_backend = {name: _backend(m) for name, m in models.items()}
-        infer = time_models(models, lambda m, x=x: infer_step(m, x), repeats, device)
-        infer_backend = {name: _backend(m) for name, m in models.items()}
-        entry = {"shape": {"T": T, "B": B, "I": I, "H": H}, "models": {}, "ratios": {}}
+def measure_pass(shape: Shape, names: list[str], repeats: int, device: str, in_use, memory: bool) -> dict:
+    """One pass at one shape: per model, the backends, every timed call, and (if ``memory``) peak bytes."""
+    models = build(shape, names, device)
+    torch.manual_seed(1)
+    x = torch.randn(shape.T, shape.B, shape.I, device=device)
+    probes: dict = {}
+    out: dict = {name: {} for name in models}
+    modes = [("train", lambda m: train_step(m, x, probes), nn.Module.train)] if shape.train else []
+    if shape.infer:
+        modes.append(("infer", lambda m: infer_step(m, x), nn.Module.eval))
+    for mode, fn, set_mode in modes:
         for name, m in models.items():
-            entry["models"][name] = {
-                "params": sum(p.numel() for p in m.parameters()),
-                "hidden_size": m.hidden_size,
-                "num_layers": m.num_layers,
-                "train_backend": train_backend[name],
-                "infer_backend": infer_backend[name],
-                "train_ms": 1e3 * statistics.median(train[name]),
-                "infer_ms": 1e3 * statistics.median(infer[name]),
-                "train_ms_runs": [1e3 * t for t in train[name]],
-                "infer_ms_runs": [1e3 * t for t in infer[name]],
-                "peak_train_bytes": peak_train_bytes(m, x, probes, device, in_use),
-            }
-        base = entry["models"][BASELINE]
-        for name, r in entry["models"].items():
-            mem = None
-            if r["peak_train_bytes"] is not None and base["peak_train_bytes"]:
-                mem = r["peak_train_bytes"] / base["peak_train_bytes"]
-            entry["ratios"][name] = {"train": r["train_ms"] / base["train_ms"],
-                                     "infer": r["infer_ms"] / base["infer_ms"], "memory": mem}
-        results.append(entry)
-        print_shape(entry, file=sys.stderr)
-    return {
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or "cpu"),
+            set_mode(m)
+            backends = warm_up(m, lambda m=m, fn=fn: fn(m), device)
+            out[name][f"{mode}_backends"] = backends
+            out[name][f"{mode}_backend"] = _backend_label(backends)
+        times = time_calls(models, fn, repeats, device)
+        for name in models:
+            out[name][f"{mode}_ms_runs"] = [1e3 * t for t in times[name]]
+            out[name][f"{mode}_ms"] = statistics.median(out[name][f"{mode}_ms_runs"])
+    if memory and shape.train:
+        for name, m in models.items():
+            m.train()
+            out[name]["peak_train_bytes"] = peak_train_bytes(m, x, probes, device, in_use)
+    for name, m in models.items():
+        out[name]["params"] = sum(p.numel() for p in m.parameters())
+        out[name]["hidden_size"] = m.hidden_size
+        out[name]["num_layers"] = m.num_layers
+        out[name]["num_paths"] = getattr(m, "num_paths", 1)
+    return out
+
+
+# -- statistics ------------------------------------------------------------------------------------------
+
+
+def _spread(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def summarize(shape: Shape, measured: list[dict]) -> dict:
+    """The entry of one shape: per-pass ratios, the per-model record, and each ratio's spread over passes."""
+    passes = [m["models"] for m in measured]
+    names = list(passes[0])
+    entry: dict = {"shape": asdict(shape), "label": shape.label, "models": {}, "ratios": {}, "passes": []}
+    for p, m in zip(passes, measured):
+        ratios = {}
+        for name in names:
+            base = MODELS[name].baseline
+            ratios[name] = {mode: (p[name][f"{mode}_ms"] / p[base][f"{mode}_ms"]
+                                   if f"{mode}_ms" in p[name] else None) for mode in ("train", "infer")}
+        suffixes = ("_ms", "_ms_runs", "_backend")
+        kept = {n: {k: v for k, v in p[n].items() if k.endswith(suffixes)} for n in names}
+        entry["passes"].append({"models": kept, "ratios": ratios, "load_average": m["load_average"]})
+    first = passes[0]
+    for name in names:
+        spec, r = MODELS[name], first[name]
+        rec = {"describe": spec.describe, "baseline": spec.baseline, "targets": spec.targets,
+               **{k: r[k] for k in ("params", "hidden_size", "num_layers", "num_paths")}}
+        for mode in ("train", "infer"):
+            per_pass = [p[name][f"{mode}_ms"] for p in passes if f"{mode}_ms" in p[name]]
+            rec[f"{mode}_backend"] = r.get(f"{mode}_backend")
+            rec[f"{mode}_backends"] = r.get(f"{mode}_backends")
+            rec[f"{mode}_ms"] = statistics.median(per_pass) if per_pass else None
+        rec["peak_train_bytes"] = r.get("peak_train_bytes")
+        entry["models"][name] = rec
+    for name in names:
+        spec = MODELS[name]
+        q = {"baseline": spec.baseline}
+        for mode in ("train", "infer"):
+            q[mode] = _spread([p["ratios"][name][mode] for p in entry["passes"]
+                               if p["ratios"][name][mode] is not None])
+        mine = entry["models"][name]["peak_train_bytes"]
+        base = entry["models"][spec.baseline]["peak_train_bytes"]
+        q["memory"] = mine / base if mine is not None and base else None
+        q["over_target"] = [mode for mode in ("train", "infer", "memory")
+                            if spec.targets[mode] is not None and _value(q[mode]) is not None
+                            and _value(q[mode]) > spec.targets[mode]]
+        entry["ratios"][name] = q
+    return entry
+
+
+def _value(ratio) -> float | None:
+    """A ratio's headline number: the median of a spread, or the number itself (memory)."""
+    return ratio["median"] if isinstance(ratio, dict) else ratio
+
+
+# -- the machine -----------------------------------------------------------------------------------------
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first value of every field of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _command_output(*cmd: str) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip() or None
+
+
+def _lscpu(field: str) -> str | None:
+    out = _command_output("lscpu")
+    for line in (out or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == field:
+            return value.strip() or None
+    return None
+
+
+_ARM_IMPLEMENTERS = {"0x41": "ARM", "0x42": "Broadcom", "0x43": "Cavium", "0x46": "Fujitsu",
+                     "0x48": "HiSilicon",
+                     "0x4e": "NVIDIA", "0x51": "Qualcomm", "0x61": "Apple", "0xc0": "Ampere"}
+
+
+def _cpu_model(info: dict) -> str:
+    """/proc/cpuinfo's model name; else lscpu's (ARM Linux); else macOS's brand string; else platform's."""
+    mac = _command_output("sysctl", "-n", "machdep.cpu.brand_string") if sys.platform == "darwin" else None
+    return (info.get("model name") or mac or _lscpu("Model name") or platform.processor()
+            or platform.machine() or "unknown")
+
+
+def _cpu_vendor(info: dict, model: str) -> str | None:
+    if info.get("vendor_id"):
+        return info["vendor_id"]
+    implementer = info.get("CPU implementer", "").lower()
+    if implementer:
+        return _ARM_IMPLEMENTERS.get(implementer, f"implementer {implementer}")
+    if sys.platform == "darwin":
+        return "Apple" if "apple" in model.lower() else _command_output("sysctl", "-n", "machdep.cpu.vendor")
+    return _lscpu("Vendor ID")
+
+
+def _native_build() -> dict:
+    """The compiled backend: ready or why not (built or loaded here, before any timing), its build target."""
+    native = cerebral_backends.native
+    try:
+        status = cerebral_backends.prepare().get("native")
+    except Exception as exc:  # noqa: BLE001 - recorded, never fatal to the benchmark
+        status = f"{type(exc).__name__}: {exc}"
+    target = getattr(native, "BUILD_TARGET", None)
+    if callable(target):
+        target = target()
+    return {"ready": status is None, "unavailable_reason": status, "build_target": target,
+            "load_seconds": getattr(native, "BUILD_SECONDS", None)}
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "CEREBRAL_RNN_NATIVE")
+
+
+def machine_record(device: str) -> dict:
+    """The CPU (and GPU), the ISA torch and oneDNN may use, the native build, threads, versions and load."""
+    load_start = _load_average()  # before the native build below loads the machine
+    info = _cpuinfo()
+    model = _cpu_model(info)
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    isa = {f: (f in flags if flags else None) for f in ("avx2", "avx512f", "avx512_bf16")}
+    isa["amx"] = any(f.startswith("amx") for f in flags) if flags else None
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # torch < 2.1
+        capability = None
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    mem_total = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_total = int(line.split()[1]) * 1024
+    rec = {
+        "cpu_model": model,
+        "cpu_vendor": _cpu_vendor(info, model),
+        "cpu_id": ("/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping"))
+                   if "cpu family" in info else None),
+        "isa_flags": isa,
+        "cpu_capability": capability,
+        "env": {k: os.environ.get(k) for k in ENV_VARS},
+        "native": _native_build() if device == "cpu" else None,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": affinity,
+        "memory_bytes": mem_total,
+        "mkldnn": torch.backends.mkldnn.is_available(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "repeats": repeats,
-        "statistic": "median",
-        "memory_method": ("torch.cuda.max_memory_allocated over one training step" if device == "cuda" else
-                          "glibc mallinfo2 bytes in use, sampled after every aten op of one training step"),
-        "baseline": BASELINE,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "results": results,
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "load_average_start": load_start,
+        "load_average_end": None,
+        "gpu": None,
     }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        rec["gpu"] = {"name": props.name, "memory_bytes": props.total_memory,
+                      "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
+                      "cudnn": cudnn}
+    return rec
 
 
-def _fmt_mem(b) -> str:
+# -- output ----------------------------------------------------------------------------------------------
+
+
+def default_json_path(device: str, machine: dict, quick: bool) -> Path:
+    """bench-results/speed-<device>-<isa>.json (isa: torch's CPU capability in lower case); ``-quick`` before
+    ``.json`` for a --quick run, so a smoke run never overwrites a measurement."""
+    isa = (machine["cpu_capability"] or "unknown").lower()
+    return Path("bench-results") / f"speed-{device}-{isa}{'-quick' if quick else ''}.json"
+
+
+def header_lines(report: dict) -> list[str]:
+    """The table's first lines: the machine (CPU model, ISA in use, threads, torch) and the exact command."""
+    m = report["machine"]
+    env = m["env"]
+    isa_in_use = m["cpu_capability"] or "unknown"
+    if env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA"):
+        isa_in_use += f", oneDNN ≤ {env.get('ONEDNN_MAX_CPU_ISA') or env.get('DNNL_MAX_CPU_ISA')}"
+    if m["native"] and m["native"]["build_target"]:
+        isa_in_use += f", native {m['native']['build_target']}"
+    where = f"{m['gpu']['name']} (CUDA {m['gpu']['cuda']}, cuDNN {m['gpu']['cudnn']}) on " if m["gpu"] else ""
+    flags = ", ".join(k for k, v in m["isa_flags"].items() if v) or "none"
+    start, end = ("/".join(f"{v:.2f}" for v in la) if la else "?"
+                  for la in (m["load_average_start"], m["load_average_end"]))
+    load = f"load average {start} at start, {end} at end"
+    nb = m["native"]
+    native = ("—" if nb is None else
+              f"ready, build target {nb['build_target'] or 'not reported'}" if nb["ready"] else
+              f"unavailable ({nb['unavailable_reason']})")
+    s = report["settings"]
+    threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+    first = (f"**{where}{m['cpu_model']}** ({m['cpu_vendor'] or 'unknown vendor'}) · ISA in use: {isa_in_use}"
+             f" · {threads} · torch {m['torch']} · `{report['command']}`")
+    second = (f"CPU flags: {flags}; ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY'] or 'unset'}, "
+        f"ONEDNN_MAX_CPU_ISA={env['ONEDNN_MAX_CPU_ISA'] or 'unset'}; native backend {native}; "
+        f"{m['cpus_available'] or m['cpu_count']} CPUs available; Python {m['python']}, {m['os']}; {load}. "
+        f"{s['runs']} runs × {s['repeats']} timed calls per model, median per run; ratios to each row's "
+        f"baseline, shown as the median over runs (min–max); **bold**: above the row's target.")
+    return [first, "", second]
+
+
+def _fmt_ratio(q, target, markdown: bool = True) -> str:
+    if q is None:
+        return "—"
+    if not isinstance(q, dict):
+        text = f"{q:.2f}"
+        return f"**{text}**" if markdown and target is not None and q > target else text
+    text = f"{q['median']:.2f}"
+    if markdown and target is not None and q["median"] > target:
+        text = f"**{text}**"
+    if len(q["runs"]) > 1:
+        text += f" ({q['min']:.2f}–{q['max']:.2f})"
+    return text
+
+
+def _fmt_ms(v) -> str:
+    return "—" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
+
+
+def _fmt_mib(b) -> str:
     return "—" if b is None else f"{b / 2**20:.1f}"
 
 
-def print_shape(entry: dict, file=sys.stdout) -> None:
-    s = entry["shape"]
-    print(f"\nT={s['T']} B={s['B']} I={s['I']} H={s['H']}", file=file)
-    print(f"  {'model':<20} {'backend train/infer':<20} {'params':>9} {'train ms':>10} {'x lstm':>7} {'infer ms':>10} "
-          f"{'x lstm':>7} {'mem MiB':>9} {'x lstm':>7}", file=file)
-    for name, r in entry["models"].items():
-        q = entry["ratios"][name]
-        mem_ratio = "—" if q["memory"] is None else f"{q['memory']:.2f}"
-        backends = f"{r['train_backend']}/{r['infer_backend']}"
-        print(f"  {name:<20} {backends:<20} {r['params']:>9} {r['train_ms']:>10.2f} {q['train']:>7.2f} "
-              f"{r['infer_ms']:>10.2f} {q['infer']:>7.2f} {_fmt_mem(r['peak_train_bytes']):>9} {mem_ratio:>7}",
-              file=file)
+def _fmt_targets(t: dict) -> str:
+    parts = [f"{k} ≤ {v:g}" for k, v in t.items() if v is not None]
+    return ", ".join(parts) or "—"
 
 
-def summary(report: dict, file=sys.stdout) -> None:
-    """The CerebralLSTM auto row of every shape, as a markdown table."""
-    print(f"\n{report['device']} ({report['device_name']}), torch {report['torch']}, {report['threads']} threads, "
-          f"median of {report['repeats']}; ratios to nn.LSTM(H)", file=file)
-    print("| T, B, I, H | backend train / infer | train ms | train × | infer ms | infer × | memory × |", file=file)
-    print("|---|---|---|---|---|---|---|", file=file)
-    for e in report["results"]:
-        s, r, q = e["shape"], e["models"]["cerebral-auto"], e["ratios"]["cerebral-auto"]
-        mem = "—" if q["memory"] is None else f"{q['memory']:.2f}"
-        print(f"| {s['T']}, {s['B']}, {s['I']}, {s['H']} | {r['train_backend']} / {r['infer_backend']} | {r['train_ms']:.1f} | {q['train']:.2f} "
-              f"| {r['infer_ms']:.1f} | {q['infer']:.2f} | {mem} |", file=file)
+def markdown(report: dict) -> str:
+    """Header lines, the Cerebral kinds against their targets, then every model."""
+    lines = header_lines(report)
+    summary_names = [n for n in CEREBRAL_KINDS if n in report["settings"]["models"]]
+    head = ("| T, B, I, H | model | backend train / infer | train ms | train × | infer ms | infer × | "
+            "memory × | baseline | targets |")
+    sep = "|---|---|---|---|---|---|---|---|---|---|"
+    for title, names, extra in [("Cerebral kinds against their targets", summary_names, False),
+                                ("Every model", report["settings"]["models"], True)]:
+        if not names:
+            continue
+        lines += ["", f"#### {title}", "",
+                  head.replace("| memory × |", "| params | memory MiB | memory × |") if extra else head,
+                  sep + ("---|---|" if extra else "")]
+        for e in report["results"]:
+            for name in names:
+                r, q = e["models"][name], e["ratios"][name]
+                t = r["targets"]
+                backends = f"{r['train_backend'] or '—'} / {r['infer_backend'] or '—'}"
+                cells = [e["label"], f"`{name}`", backends,
+                         _fmt_ms(r["train_ms"]), _fmt_ratio(q["train"], t["train"]),
+                         _fmt_ms(r["infer_ms"]), _fmt_ratio(q["infer"], t["infer"])]
+                if extra:
+                    cells += [f"{r['params']:,}", _fmt_mib(r["peak_train_bytes"])]
+                cells += [_fmt_ratio(q["memory"], t["memory"]), q["baseline"], _fmt_targets(t)]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
-def parse_shape(text: str) -> tuple[int, int, int, int]:
-    parts = text.split(",")
-    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected T,B,I,H as four positive ints, got {text!r}")
-    return tuple(int(p) for p in parts)
+def print_progress(run: int, runs: int, entry_models: dict, shape: Shape, file=sys.stderr) -> None:
+    """One line per model after each shape of each pass, so a long run shows where it is."""
+    print(f"run {run + 1}/{runs}  T, B, I, H = {shape.label}", file=file)
+    for name, r in entry_models.items():
+        parts = [f"{mode} {r[f'{mode}_ms']:9.2f} ms ({r[f'{mode}_backend']})"
+                 for mode in ("train", "infer") if f"{mode}_ms" in r]
+        print(f"  {name:<24} " + "   ".join(parts), file=file)
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+# -- driver ----------------------------------------------------------------------------------------------
+
+
+def run(shapes: list[Shape], names: list[str], runs: int, repeats: int, device: str) -> dict:
+    """All passes over the grid; returns the report without machine, command or settings."""
+    in_use = _malloc_in_use() if device == "cpu" else None
+    per_shape: list[list[dict]] = [[] for _ in shapes]
+    for run_index in range(runs):
+        for i, shape in enumerate(shapes):
+            measured = measure_pass(shape, names, repeats, device, in_use, memory=run_index == 0)
+            per_shape[i].append({"load_average": _load_average(), "models": measured})
+            print_progress(run_index, runs, measured, shape)
+    return {"results": [summarize(shape, passes) for shape, passes in zip(shapes, per_shape)]}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Model names: " + ", ".join(MODELS) + ". See the module docstring.")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats: a seconds-long smoke run")
-    ap.add_argument("--shapes", type=parse_shape, nargs="+", metavar="T,B,I,H", help="override the grid")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per model (default 5; --quick 2)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: os.cpu_count())")
-    ap.add_argument("--json", type=Path, default=None, help="default bench-results/speed-<device>.json")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny shapes, 2 runs of 2 repeats: a seconds-long smoke run")
+    ap.add_argument("--shapes", type=parse_shape, nargs="+", metavar="T,B,I,H[,L][:train|:infer]",
+                    help="override the grid (L layers, default 1; :train / :infer measures one mode only)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), metavar="NAME",
+                    help=f"measure these models (and their baselines); default: all but cerebral-reference. "
+                         f"Choices: {', '.join(MODELS)}")
+    ap.add_argument("--with-reference", action="store_true",
+                    help="also measure cerebral-reference (the plain time loop; slow)")
+    ap.add_argument("--runs", type=_positive_int, default=None,
+                    help="passes over the whole grid, for the run-to-run spread (default 3; --quick 2)")
+    ap.add_argument("--repeats", type=_positive_int, default=None,
+                    help="timed calls per model and mode in each pass (default 5; --quick 2)")
+    ap.add_argument("--threads", type=_positive_int, default=None,
+                    help="torch threads (default: the CPUs this process may run on)")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="where to write the report; default bench-results/speed-<device>-<isa>.json, isa = "
+                         "torch's CPU capability in lower case (avx512, avx2, ...), with -quick before .json "
+                         "for --quick")
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the printed table to this file")
+    return ap
+
+
+def _command(argv: list[str]) -> str:
+    """The command line as typed, with the environment variables that change the kernels in front."""
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in ENV_VARS if os.environ.get(k)]
+    return " ".join([*env, "python", "benchmarks/speed.py", *(shlex.quote(a) for a in argv)])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = parser()
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: CUDA is not available")
-    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
-    if repeats < 1:
-        ap.error(f"--repeats: expected a positive int, got {repeats}")
-    threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+        ap.error("--device cuda: CUDA is not available to this torch")
+    runs = args.runs or (2 if args.quick else 3)
+    repeats = args.repeats or (2 if args.quick else 5)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
-    report = run(shapes, repeats, args.device, threads)
-    report["quick"] = args.quick
-    report["command"] = " ".join(["python", "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])])
-    summary(report)
-    path = args.json or Path("bench-results") / f"speed-{args.device}.json"
+    names = select_models(args.models, args.with_reference)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads or _default_threads())
+    try:
+        started = time.perf_counter()
+        timestamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        machine = machine_record(args.device)  # builds the native backend before anything is timed
+        report = {
+            "schema": SCHEMA,
+            "command": _command(argv),
+            "timestamp": timestamp,
+            "device": args.device,
+            "machine": machine,
+            "settings": {"runs": runs, "repeats": repeats, "quick": args.quick, "models": names,
+                         "shapes": [asdict(s) for s in shapes], "statistic": "median",
+                         "baseline": "lstm",
+                         "memory_method": (
+                             "torch.cuda.max_memory_allocated over one training step, first run"
+                             if args.device == "cuda" else
+                             "glibc mallinfo2 bytes in use, sampled after every aten op of one training "
+                             "step, first run")},
+            **run(shapes, names, runs, repeats, args.device),
+        }
+        machine["load_average_end"] = _load_average()
+        report["timestamp_end"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        report["seconds"] = round(time.perf_counter() - started, 1)
+    finally:
+        torch.set_num_threads(threads_before)
+    table = markdown(report)
+    print(table)
+    path = args.json or default_json_path(args.device, report["machine"], args.quick)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
-    print(f"\nwrote {path}")
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table)
+        print(f"wrote {args.markdown}")
     return report
 
 
