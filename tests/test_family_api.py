@@ -267,11 +267,14 @@ def test_identical_paths_stay_identical_under_adam(kind, H, K, packed, backend):
         assert not torch.equal(p, before[name]), name  # it did train
         blocks = p.detach().chunk(K, dim=0)
         assert all(torch.equal(blocks[0], b) for b in blocks[1:]), name
-    if HAS_CELL[kind]:
+    if HAS_CELL[kind]:  # and so does the cell state, with and without autograd
         m.eval()
-        _, (_, c) = m(torch.randn(T, B, 3, generator=gen))
-        blocks = c.chunk(K, dim=-1)
-        assert all(torch.equal(blocks[0], b) for b in blocks[1:])
+        x = torch.randn(T, B, 3, generator=gen)
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                _, (_, c) = m(x)
+            blocks = c.chunk(K, dim=-1)
+            assert all(torch.equal(blocks[0], b) for b in blocks[1:]), f"c_n (grad={grad})"
 
 
 @pytest.mark.parametrize("kind", list(CELLS))
@@ -292,6 +295,24 @@ def test_identical_cell_stays_identical_under_adam(kind):
     for name, p in cell.named_parameters():
         blocks = p.detach().chunk(K, dim=0)
         assert all(torch.equal(blocks[0], b) for b in blocks[1:]), name
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_gru_state_stays_bounded(K, gen):
+    """The docstring's reason for the mean: each path's update is a convex combination of n_k in (-1, 1) and
+    h(t-1), so h stays in [-1, 1] from a state in it, however large the weights (a sum would not)."""
+    layers = random_layers("gru", K, 2, 4, 1, 1, gen)
+    for p in layers[0][0]["paths"]:
+        for name in p:
+            p[name] = p[name] * 8  # saturating gates: z near 1 is where a sum of K updates would grow
+    m = CerebralGRU(2, 4, num_paths=K, dtype=F64)
+    load_into(m, "gru", layers, 4, gen)
+    x = 3 * torch.randn(60, 5, 2, generator=gen, dtype=F64)
+    h0 = 2 * torch.rand(1, 5, 4, generator=gen, dtype=F64) - 1
+    y, h_n = m(x, h0)
+    assert y.abs().max() <= 1 and h_n.abs().max() <= 1
+    y_ref, _, _ = run_sequence("gru", x, layers, h0)
+    assert_close(y, y_ref, 1e-9, "output")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -392,3 +413,56 @@ def test_stack_kind_errors():
         StackedRNN(3).add_layer("cerebral-gru", 4, forget_bias=1.0)
     with pytest.raises(ValueError, match="num_paths"):
         StackedRNN(3).add_layer("cerebral-peephole", 4, num_paths=0)
+
+
+FAMILY = [*LAYERS.values(), *CELLS.values()]
+
+
+@pytest.mark.parametrize("cls", FAMILY)
+@pytest.mark.parametrize("arg,value,exc", [
+    ("input_size", 0, ValueError), ("input_size", 2.0, TypeError), ("hidden_size", -1, ValueError),
+    ("hidden_size", "4", TypeError), ("bias", 1, TypeError), ("init", "same", ValueError), ("init", None, TypeError),
+])
+def test_bad_constructor_arguments(cls, arg, value, exc):
+    kw = {"input_size": 3, "hidden_size": 4, arg: value}
+    with pytest.raises(exc) as info:
+        cls(**kw)
+    msg = str(info.value)
+    assert msg.startswith(f"{arg}: expected") and "got" in msg, msg
+    got = msg.split("got", 1)[1]
+    assert repr(value) in got or type(value).__name__ in got, msg  # what was got: the value or its type
+
+
+@pytest.mark.parametrize("cls", list(LAYERS.values()))
+@pytest.mark.parametrize("arg,value,exc", [
+    ("num_layers", 0, ValueError), ("num_layers", 1.5, TypeError), ("dropout", 1.5, ValueError),
+    ("dropout", "0.1", TypeError), ("bidirectional", 1, TypeError), ("batch_first", None, TypeError),
+    ("backend", "fast", ValueError), ("backend", 1, TypeError),
+])
+def test_bad_layer_arguments(cls, arg, value, exc):
+    with pytest.raises(exc) as info:
+        cls(3, 4, **{arg: value})
+    msg = str(info.value)
+    assert msg.startswith(f"{arg}: expected") and "got" in msg, msg
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_bad_forward_inputs(kind):
+    m = LAYERS[kind](3, 4, num_paths=3)
+    with pytest.raises(ValueError, match=r"input: expected last dimension input_size=3, got 5"):
+        m(torch.randn(6, 2, 5))
+    with pytest.raises(ValueError, match=r"input: expected a 2-D \(unbatched\) or 3-D \(batched\) tensor, got 4-D"):
+        m(torch.randn(6, 2, 1, 3))
+    with pytest.raises(TypeError, match=r"input: expected dtype torch.float32 .*got torch.float64"):
+        m(torch.randn(6, 2, 3, dtype=F64))
+    with pytest.raises(ValueError, match="input: expected a sequence length > 0"):
+        m(torch.randn(0, 2, 3))
+    with pytest.raises(ValueError, match=r"input: expected last dimension input_size=3, got 2"):
+        m(pack_padded_sequence(torch.randn(4, 2, 2), [4, 1]))
+    cell = CELLS[kind](3, 4, num_paths=3)
+    with pytest.raises(ValueError, match=r"input: expected last dimension input_size=3, got 5"):
+        cell(torch.randn(2, 5))
+    # an empty batch is fine, as in torch.nn
+    out, states = m(torch.randn(6, 0, 3))
+    assert out.shape == (6, 0, 4)
+    assert (states[1].shape == (1, 0, 12)) if HAS_CELL[kind] else (states.shape == (1, 0, 4))
