@@ -130,7 +130,7 @@ def test_cell_default_state_and_one_cell_state_for_every_path(kind, K, gen):
 
 
 @pytest.mark.parametrize("kind", list(CELLS))
-@pytest.mark.parametrize("K", [1, 2, 3])
+@pytest.mark.parametrize("K", [1, 3])
 def test_cell_gradcheck(kind, K):
     cell = CELLS[kind](2, 2, num_paths=K, dtype=F64)
     names = [n for n, _ in cell.named_parameters()]
@@ -148,11 +148,10 @@ def test_cell_gradcheck(kind, K):
 
 def layer_gradcheck_cases():
     for kind in LAYERS:
-        for K in (2, 3):
-            for packed in (False, True):
-                for backend in dict.fromkeys(["auto", "reference", *available_backends(kind)]):
-                    yield pytest.param(kind, K, packed, backend,
-                                       id=f"{kind}-K{K}-{'packed-bi-2layer' if packed else 'dense-bi'}-{backend}")
+        for K, packed in ((2, False), (3, True)):
+            for backend in dict.fromkeys(["auto", "reference", *available_backends(kind)]):
+                yield pytest.param(kind, K, packed, backend,
+                                   id=f"{kind}-K{K}-{'packed-bi-2layer' if packed else 'dense-bi'}-{backend}")
 
 
 @pytest.mark.parametrize("kind,K,packed,backend", list(layer_gradcheck_cases()))
