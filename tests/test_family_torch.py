@@ -336,3 +336,22 @@ def test_cerebral_from_lstm2h_refusals(K):
         cerebral_to_lstm2h(CerebralGRU(I, H))
     with pytest.raises(TypeError, match="module"):
         cerebral_from_lstm2h(CerebralLSTM(I, H, num_paths=K))
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="known gap: cerebral_state_to_lstm2h passes a c_0 of H features (which CerebralLSTM "
+                          "accepts: every path starts from it) through unchanged, and nn.LSTM(K*H) rejects it")
+def test_state_to_lstm2h_accepts_the_layers_c0_of_h_features(gen):
+    K = 3
+    layers = random_layers("lstm", K, I, H, 1, 1, gen)
+    m = CerebralLSTM(I, H, num_paths=K, dtype=F64)
+    load_into(m, "lstm", layers, H, gen)
+    x = torch.randn(T, B, I, generator=gen, dtype=F64)
+    h0 = torch.randn(1, B, H, generator=gen, dtype=F64)
+    c0 = torch.randn(1, B, H, generator=gen, dtype=F64)
+    y_ref, h_ref, c_ref = run_sequence("lstm", x, layers, h0, c0.repeat(1, 1, K))
+    out2, st2 = cerebral_to_lstm2h(m)(x, cerebral_state_to_lstm2h(h0, c0, num_paths=K))
+    y, (h, c) = cerebral_output_from_lstm2h(out2, st2, hidden_size=H, num_paths=K)
+    assert_close(y, y_ref, TOL, "output")
+    assert_close(h, h_ref, TOL, "h_n")
+    assert_close(c, c_ref, TOL, "c_n")
