@@ -338,9 +338,6 @@ def test_cerebral_from_lstm2h_refusals(K):
         cerebral_from_lstm2h(CerebralLSTM(I, H, num_paths=K))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="known gap: cerebral_state_to_lstm2h passes a c_0 of H features (which CerebralLSTM "
-                          "accepts: every path starts from it) through unchanged, and nn.LSTM(K*H) rejects it")
 def test_state_to_lstm2h_accepts_the_layers_c0_of_h_features(gen):
     K = 3
     layers = random_layers("lstm", K, I, H, 1, 1, gen)

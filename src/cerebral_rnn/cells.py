@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import init as _init
-from ._checks import check_cell_input, check_positive_int, check_state
+from ._checks import check_bool, check_cell_input, check_positive_int, check_state
 from .kinds import KINDS, CellKind, paths_step
 from .layout import DirectionWeights, LayerSpec, split_paths
 
@@ -52,9 +52,7 @@ class _CellBase(nn.Module):
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_paths = check_positive_int("num_paths", num_paths)
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias: expected a bool, got {type(bias).__name__}")
-        self.bias = bias
+        self.bias = check_bool("bias", bias)
         kw = {"device": device, "dtype": dtype}
         rows = self.spec.rows
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **kw))

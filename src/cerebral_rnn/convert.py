@@ -142,10 +142,17 @@ def cerebral_from_lstm2h(module: nn.LSTM, init: str = "distinct", num_paths: int
     return out
 
 
-def cerebral_state_to_lstm2h(h_0: Tensor, c_0: Tensor, num_paths: int = 2, proj_size: int = 0
-                             ) -> tuple[Tensor, Tensor]:
+def cerebral_state_to_lstm2h(h_0: Tensor, c_0: Tensor, num_paths: int = 2, proj_size: int = 0,
+                             hidden_size: int | None = None) -> tuple[Tensor, Tensor]:
     """The LSTM(K*H) initial state of a Cerebral initial state: ``([h_0, 0, ..., 0], c_0)`` (``(h_0, c_0)`` with
-    a projection)."""
+    a projection).
+
+    ``c_0`` may have K*H features, or H (one cell state for every path, as CerebralLSTM accepts): it is then
+    repeated for every path. H is ``h_0``'s width without a projection; with ``proj_size`` pass ``hidden_size``.
+    """
+    H = hidden_size if hidden_size is not None else (None if proj_size else h_0.shape[-1])
+    if H is not None and num_paths > 1 and c_0.shape[-1] == H:
+        c_0 = c_0.repeat(*([1] * (c_0.dim() - 1)), num_paths)
     return vendor_initial_state(h_0, c_0, num_paths, projected=bool(proj_size))
 
 
