@@ -1,6 +1,6 @@
 """Weight conversions: nn.LSTM <-> LSTM, and CerebralLSTM <-> its equivalent nn.LSTM(2H) (identity A).
 
-The expected LSTM(2H) weights are built here by hand, element by element, from DESIGN.md's description:
+The expected LSTM(2H) weights are built here by hand, element by element, from the description in docs/notes.md:
 gate rows interleaved per gate ``[i_U; i_L | f_U; f_L | g_U; g_L | o_U; o_L]``, recurrent weight
 ``[W_hh, W_hh]``, and for layers above the first, each direction's H input columns repeated (the layer below
 emits [y_U, y_L]).

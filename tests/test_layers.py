@@ -624,7 +624,7 @@ def test_packed_property(lengths, seed, with_state):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# DESIGN.md's trap: per-step slices G[t] of one (T, B, G) tensor make backward quadratic in T
+# docs/notes.md, section 3: per-step slices G[t] of one (T, B, G) tensor make backward quadratic in T
 # ---------------------------------------------------------------------------------------------------------
 
 
