@@ -313,3 +313,25 @@ def test_word_language_model_pattern_runs_unchanged(rnn_cls, kw):
     losses = _train_word_lm(rnn_cls, **kw)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 0.5, losses  # it learns (Adam for a short test; the example uses SGD)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Older torch: the shims in cerebral_rnn._compat answer where a newer API is missing
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_compat_shims_without_the_newer_apis(monkeypatch):
+    import warnings
+
+    from cerebral_rnn import _compat
+
+    monkeypatch.delattr(torch.compiler, "is_exporting")
+    monkeypatch.delattr(torch.compiler, "is_compiling")
+    monkeypatch.delattr(torch, "get_autocast_dtype")
+    assert _compat.is_exporting() is False and _compat.is_compiling() is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the older spellings are deprecated in newer torch
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _compat.autocast_enabled("cpu") and _compat.autocast_dtype("cpu") == torch.bfloat16
+            y, _ = CerebralLSTM(3, 4)(torch.randn(2, 1, 3))
+    assert y.dtype == torch.bfloat16
