@@ -321,15 +321,26 @@ def test_word_language_model_pattern_runs_unchanged(rnn_cls, kw):
 
 
 def test_compat_shims_without_the_newer_apis(monkeypatch):
+    """The shims see a torch without is_exporting, is_compiling and get_autocast_dtype (torch itself keeps
+    them: it needs them internally)."""
+    import types
     import warnings
 
     from cerebral_rnn import _compat
 
-    monkeypatch.delattr(torch.compiler, "is_exporting")  # (torch itself still needs torch.compiler.is_compiling)
-    monkeypatch.delattr(torch, "get_autocast_dtype")
-    assert _compat.is_exporting() is False
+    class OldTorch(types.SimpleNamespace):
+        def __getattr__(self, name):
+            if name == "get_autocast_dtype":
+                raise AttributeError(name)
+            return getattr(torch, name)
+
+    old = OldTorch(compiler=types.SimpleNamespace(), is_autocast_enabled=lambda *a: (
+        torch.is_autocast_cpu_enabled() if not a else (_ for _ in ()).throw(TypeError("no device argument"))))
+    monkeypatch.setattr(_compat, "torch", old)
+    assert _compat.is_exporting() is False and _compat.is_compiling() is False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the older spellings are deprecated in newer torch
+        assert not _compat.autocast_enabled("cpu")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert _compat.autocast_enabled("cpu") and _compat.autocast_dtype("cpu") == torch.bfloat16
             y, _ = CerebralLSTM(3, 4)(torch.randn(2, 1, 3))
