@@ -215,7 +215,8 @@ def gru_arm():
 
 def test_a_torch_gru_registered_as_an_arm_reads_each_sequences_final_state(gru_arm):
     io = {"kind": "tokens", "vocab": 12, "embedding": 4, "outputs": 3, "readout": "final"}
-    cfg = M.model_config("test-gru", io, 5, "classify", forget_bias=1.0)  # ignored: no forget gate
+    cfg = M.model_config("test-gru", io, 5, "classify", forget_bias=1.0)
+    assert cfg["forget_bias"] is None  # no forget gate: dropped
     model = M.build_model(cfg).double()
     assert M.count_parameters("test-gru", io, 5) == sum(p.numel() for p in model.parameters())
     seqs = [torch.tensor([3, 4, 5, 6]), torch.tensor([7]), torch.tensor([1, 2, 9])]

@@ -61,12 +61,14 @@ def matched_width(arm: str, io: dict, hidden: int) -> int:
 
 
 def model_config(arm: str, io: dict, hidden: int, task: str, forget_bias: float | None = None) -> dict:
-    """Everything needed to rebuild an arm's model (stored in every checkpoint)."""
+    """Everything needed to rebuild an arm's model (stored in every checkpoint). ``forget_bias`` is dropped
+    (None) for an arm without a forget gate."""
     _arms.check_arms([arm])
     check_io(io)
-    width = matched_width(arm, io, hidden) if _arms.ARMS[arm].match else hidden
+    a = _arms.ARMS[arm]
+    width = matched_width(arm, io, hidden) if a.match else hidden
     return {"task": task, "arm": arm, "io": dict(io), "hidden": hidden, "width": width,
-            "forget_bias": forget_bias}
+            "forget_bias": forget_bias if a.forget_gate else None}
 
 
 class SeqModel(nn.Module):
@@ -83,8 +85,7 @@ class SeqModel(nn.Module):
         io, arm = config["io"], _arms.ARMS[config["arm"]]
         self.readout = io["readout"]
         self.encoder = nn.Embedding(io["vocab"], io["embedding"]) if io["kind"] == "tokens" else nn.Identity()
-        fb = config.get("forget_bias")
-        self.rnn = arm.build(input_size(io), config["width"], fb if arm.forget_gate else None)
+        self.rnn = arm.build(input_size(io), config["width"], config.get("forget_bias"))
         self.head = nn.Linear(arm.output_size(config["width"]), io["outputs"])
 
     def forward(self, x: Tensor, state=None, lengths: Tensor | None = None):

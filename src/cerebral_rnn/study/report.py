@@ -11,6 +11,7 @@ import statistics
 
 import torch
 
+from . import arms as _arms
 from . import corpus as _corpus
 from . import model as _model
 from . import stats as _stats
@@ -343,13 +344,15 @@ def summary_markdown(rows: list[dict], final_results: list[dict], info: dict) ->
                  f", drawn once from a generator seeded with {tu['draw_seed']}; trial t trains with seed "
                  f"{tu['settings'][0]['seed'] if tu['settings'] else ''} + t (never a final seed), the same "
                  f"epoch cap and early stopping; scored by the best validation loss. The chosen trial (**bold**) "
-                 f"sets the arm's learning rate for its final seeds. The test split is not used."), "",
+                 f"sets the arm's setting for its final seeds. The test split is not used."), "",
                 "| arm | trial | lr | forget bias | epochs | best epoch | best val loss | best val " + key + " |",
                 "|---|---|---|---|---|---|---|---|"]
         for arm in arms:
             for t in tu["trials"].get(arm, []):
                 bold = "**" if tu["chosen"].get(arm, {}).get("trial") == t["trial"] else ""
                 fb = "default" if t["forget_bias"] is None else f"{t['forget_bias']:g}"
+                if t["forget_bias"] is not None and arm in _arms.ARMS and not _arms.ARMS[arm].forget_gate:
+                    fb = "n/a (no forget gate)"
                 out.append(f"| `{arm}` | {bold}{t['trial']}{bold} | {bold}{t['lr']:.3g}{bold} | {fb} | "
                            f"{t['epochs']} | {t['best_epoch']} | {bold}{t['best_val']['loss']:.4f}{bold} | "
                            f"{t['best_val'][key]:.4f} |")

@@ -378,7 +378,7 @@ def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
         seconds = time.perf_counter() - t0
         row = _metric_row(spec, epoch + 1, train_loss, val, seconds, task)
         metrics.append(row)
-        improved = val["loss"] < best_val
+        improved = val["loss"] < best_val or best_epoch == 0  # a NaN loss never improves on a number
         if improved:
             best_val, best_epoch, bad, best_vals = val["loss"], epoch + 1, 0, dict(val)
         else:
@@ -428,6 +428,10 @@ def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
         ctx.progress.log(msg)
     return {"spec": asdict(spec), "config": config, "metrics": metrics, "result": result,
             "path_gap": _model.path_difference(model)}
+
+
+def _nan_last(x: float) -> float:
+    return math.inf if math.isnan(x) else x
 
 
 def _task_info(ctx: RunContext) -> dict:
@@ -690,7 +694,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
                                       "best_epoch": rr["best_epoch"], "best_val": rr["best_val"]})
             if dist.main:
                 for a in arms:
-                    best = min(trials[a], key=lambda t: (t["best_val"]["loss"], t["trial"]))
+                    best = min(trials[a], key=lambda t: (_nan_last(t["best_val"]["loss"]), t["trial"]))
                     chosen[a] = {"lr": best["lr"], "forget_bias": best["forget_bias"], "trial": best["trial"]}
             if dist.active:  # every rank trains with rank 0's choice
                 box = [chosen]
