@@ -13,6 +13,7 @@ from cerebral_rnn.study import arms as A
 from cerebral_rnn.study import model as M
 
 ARMS = list(A.ARMS)
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 IO_TOKENS = {"kind": "tokens", "vocab": 40, "embedding": 8, "outputs": 40, "readout": "steps"}
 IO_FEATURES = {"kind": "features", "features": 3, "outputs": 5, "readout": "final"}
 
