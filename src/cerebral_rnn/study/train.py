@@ -476,13 +476,18 @@ def _worker_run(spec: RunSpec, resume: bool) -> dict:
     return train_one(_WORKER["ctx"], spec, resume)
 
 
-def run_all(ctx: RunContext, specs: list[RunSpec], resume: bool, jobs: int, quiet: bool, on_done) -> None:
+def run_all(ctx: RunContext, specs: list[RunSpec], resume: bool, jobs: int, quiet: bool, on_done,
+            cost: dict | None = None) -> None:
     """Train every run of ``specs``: one after another in this process, or ``jobs`` at a time in spawned
-    worker processes. ``on_done(result)`` is called here, in the parent, as each run ends."""
+    worker processes, the costliest arms first (``cost``: arm -> a size, e.g. its parameter count) so that
+    the last runs to finish are short ones. ``on_done(result)`` is called here, in the parent, as each run
+    ends. The order changes no result: every run is independent and seeded."""
     if jobs <= 1 or ctx.dist.active or ctx.stop_after_epochs is not None or len(specs) <= 1:
         for spec in specs:
             on_done(train_one(ctx, spec, resume))
         return
+    if cost:
+        specs = sorted(specs, key=lambda s: -cost.get(s.arm, 0))  # stable: seeds and trials keep their order
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -684,7 +689,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
             specs = [RunSpec("tune", a, s["seed"], s["lr"], s["forget_bias"], s["trial"]) for a in arms
                      for s in settings]
             progress.log(f"tuning: {len(settings)} trials per arm, {len(specs)} runs")
-            run_all(ctx, specs, resume, jobs, quiet, on_done)
+            run_all(ctx, specs, resume, jobs, quiet, on_done, params)
             trials = {a: [] for a in arms}
             for (ph, a, _), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[1]["spec"]["trial"])):
                 if ph == "tune":
@@ -714,7 +719,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
                 p = spec.paths(out)[0]
                 if os.path.exists(p):
                     store[(spec.phase, spec.arm, spec.seed)] = list(load_checkpoint(p)["metrics"])
-        run_all(ctx, specs, resume, jobs, quiet, on_done)
+        run_all(ctx, specs, resume, jobs, quiet, on_done, params)
     finally:
         progress.close()
     info = {"task": task, "arms": arms, "seeds": seeds, "params": params,
