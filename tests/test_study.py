@@ -192,6 +192,9 @@ def test_test_metric_is_measured_on_the_best_validation_weights(tiny_corpus, tmp
             logits, _ = model(wins[:-1])
             loss = float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), wins[1:].reshape(-1)))
         assert r["test_loss"] == pytest.approx(loss, rel=1e-5)
+    summary = (out / "summary.md").read_text()  # one seed: no interval, so no verdict but INCONCLUSIVE
+    assert "`cerebral` vs `lstm-x2`: INCONCLUSIVE because 1 paired seed: a confidence interval needs at least 2" \
+        in summary
 
 
 def test_early_stopping_follows_the_validation_curve(tiny_corpus, tmp_path):

@@ -6,6 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,7 @@ from cerebral_rnn.study import model as M
 from cerebral_rnn.study import report as R
 from cerebral_rnn.study import train as T
 
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAST = ["--hidden", "4", "--patience", "0", "--jobs", "1", "--threads", "1", "--quiet"]
 SOME = "cerebral,lstm,lstm-x2"
 
@@ -70,7 +75,8 @@ def test_classify_digits_end_to_end(tmp_path):
         main(["generate", "--checkpoint", str(out / "checkpoints" / "lstm-seed0-best.pt"), "--prime", "a"])
 
 
-def test_classify_csv_end_to_end_with_packing(tmp_path):
+def reviews_csv(path) -> str:
+    """90 short 'reviews' of 1 to 8 words plus 'film', 3 classes."""
     words = {"pos": ["great", "good", "fine", "superb"], "neg": ["awful", "bad", "poor", "dull"],
              "mixed": ["odd", "uneven", "so-so", "strange"]}
     g = torch.Generator().manual_seed(0)
@@ -80,22 +86,47 @@ def test_classify_csv_end_to_end_with_packing(tmp_path):
         n = int(torch.randint(1, 9, (), generator=g))  # 1..8 words: variable lengths
         rows.append((" ".join(words[label][int(j)] for j in torch.randint(0, 4, (n,), generator=g)) + " film",
                      label))
-    path = tmp_path / "reviews.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["id", "review", "sentiment"])
         w.writerows((i, t, y) for i, (t, y) in enumerate(rows))
+    return str(path)
+
+
+CSV_ARGS = ["--task", "classify", "--text-column", "review", "--label-column", "sentiment", "--epochs", "2",
+            "--batch-size", "8", "--embedding", "4", "--vocab-size", "20"]
+
+
+def test_classify_csv_end_to_end_with_packing(tmp_path):
+    path = reviews_csv(tmp_path / "reviews.csv")
     out = tmp_path / "csv"
-    assert run_cli("--task", "classify", "--csv", str(path), "--text-column", "review", "--label-column",
-                   "sentiment", "--epochs", "2", "--seeds", "2", "--models", "cerebral,lstm", "--batch-size", "8",
-                   "--embedding", "4", "--vocab-size", "20", "--out", str(out), *FAST) == 0
+    assert run_cli(*CSV_ARGS, "--csv", path, "--seeds", "2", "--models", "cerebral,lstm", "--out", str(out),
+                   *FAST) == 0
     m, _runs, summary = check_outputs(out, "classify", ["cerebral", "lstm"], 2, 2)
     assert m["data"]["classes"] == 3 and m["data"]["class_names"] == ["mixed", "neg", "pos"]
     assert m["data"]["train_examples"] == 72 and m["data"]["test_examples"] == 9
     assert "packed sequences" in summary
     with pytest.raises(SystemExit):
-        run_cli("--task", "classify", "--csv", str(path), "--text-column", "text", "--label-column", "sentiment",
+        run_cli("--task", "classify", "--csv", path, "--text-column", "text", "--label-column", "sentiment",
                 "--out", str(tmp_path / "bad"), *FAST)
+
+
+def test_classify_csv_under_torchrun_matches_one_process(tmp_path):
+    """DDP with packed variable-length sequences: two processes compute what one computes."""
+    path = reviews_csv(tmp_path / "reviews.csv")
+    args = [*CSV_ARGS, "--csv", path, "--seeds", "1", "--models", "cerebral,lstm", *FAST]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "cerebral_rnn.cli", "reproduce", *args, "--out", str(tmp_path / "ddp")],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert run_cli(*args, "--out", str(tmp_path / "one")) == 0
+    ddp, one = (R.read_csv(str(tmp_path / k / "runs.csv")) for k in ("ddp", "one"))
+    assert len(one) == 2 and [r["model"] for r in ddp] == [r["model"] for r in one]
+    for a, b in zip(ddp, one):
+        for k in ("final_train_loss", "best_val_loss", "test_loss"):
+            assert a[k] == pytest.approx(b[k], abs=1e-5, rel=0)
+        assert a["test_accuracy"] == b["test_accuracy"]
 
 
 @pytest.mark.parametrize("task,extra,metric_cols", [

@@ -311,9 +311,10 @@ def summary_markdown(rows: list[dict], final_results: list[dict], info: dict) ->
                    f"[{_f(c['ci'][0], 4, True)}, {_f(c['ci'][1], 4, True)}] | {c['n']} | {_p(c['p_sup'])} / "
                    f"{_p(c['p_sup_holm'])} | {_p(c['p_con'])} / {_p(c['p_con_holm'])} | "
                    f"{_f(t['mean'], 3, True)} [{_f(t['ci'][0], 3, True)}, {_f(t['ci'][1], 3, True)}] |")
-    reasons = [f"- `{c['winner']}` vs `{c['loser']}`: {c['reason']}." for c in claims
-               if c["verdict"] != "NOT EVALUATED" and c.get("reason")]
-    out += ["", *reasons]
+    reasons = [f"- `{c['winner']}` vs `{c['loser']}`: INCONCLUSIVE because {c['reason']}." for c in claims
+               if c["verdict"] != "NOT EVALUATED" and c["n"] < 2]
+    if reasons:
+        out += ["", *reasons]
     if task.name == "charlm":
         paper = ", ".join(f"{k} {v}" for k, v in PAPER_EPOCH500.items())
         out += ["", (f"For reference, the paper reports training losses at epoch 500 of {paper} (nats/char; its "
