@@ -193,7 +193,11 @@ def test_tuning_settings_are_log_uniform_over_the_range():
     assert all(1e-4 <= lr <= 1e-2 for lr in lrs)
     below = [sum(lr < 10 ** e for lr in lrs) / len(lrs) for e in (-3.5, -3, -2.5)]
     assert below == pytest.approx([0.25, 0.5, 0.75], abs=0.03)  # uniform in log10(lr) over [-4, -2]
-    assert sum(x["forget_bias"] for x in s) / len(s) == pytest.approx(0.5, abs=0.03)
+    assert sum(x["forget_bias"] for x in s) == 2000  # balanced
+    # stratified: with N trials, each N-th of the log range holds exactly one learning rate
+    for n in (1, 4, 7):
+        parts = sorted(int((math.log10(x["lr"]) + 4) / 2 * n) for x in T.tuning_settings(n, (1e-4, 1e-2), True))
+        assert parts == list(range(n))
     assert [x["seed"] for x in s[:3]] == [T.TUNE_SEED0, T.TUNE_SEED0 + 1, T.TUNE_SEED0 + 2]
     assert T.tuning_settings(5, (1e-4, 1e-2), False) == T.tuning_settings(5, (1e-4, 1e-2), False)
 

@@ -190,9 +190,13 @@ def _json_safe(x):
 
 
 def _f(x, digits: int = 3, signed: bool = False) -> str:
+    """``digits`` decimals; a nonzero number that would print as zero in scientific notation instead."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+    sign = "+" if signed else ""
+    if x != 0 and abs(x) < 0.5 * 10 ** -digits:
+        return f"{x:{sign}.2e}"
+    return f"{x:{sign}.{digits}f}"
 
 
 def _p(x) -> str:
@@ -228,7 +232,7 @@ def fmt_mean_std(values, digits: int = 3) -> str:
     m, s = _mean_std(values)
     if math.isnan(m):
         return "—"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if not math.isnan(s) else f"{m:.{digits}f}"
+    return f"{_f(m, digits)} ± {_f(s, digits)}" if not math.isnan(s) else _f(m, digits)
 
 
 def _setting(chosen: dict | None) -> str:

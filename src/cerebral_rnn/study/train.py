@@ -9,10 +9,10 @@ batch of an epoch is dropped. After each epoch the validation split is evaluated
 ends when the validation loss has not improved for ``patience`` epochs (0: never), or at ``epochs`` (the cap).
 The **test** split is evaluated once, when a final run ends, on the weights of its best validation epoch.
 
-**Tuning** (``tune`` = N > 0): N settings are drawn once — learning rates log-uniform over ``lr_range`` and,
-with ``tune_forget_bias``, a forget-gate bias from {0, 1} — from a generator seeded with ``TUNE_DRAW_SEED``,
-and *every arm* trains once with each (trial t uses seed ``TUNE_SEED0 + t``, never a final seed) under the
-same cap and early-stopping rule. Each arm's setting with the lowest best validation loss (ties: the earlier
+**Tuning** (``tune`` = N > 0): N settings are drawn once — learning rates log-uniform over ``lr_range``
+(stratified, see :func:`tuning_settings`) and, with ``tune_forget_bias``, forget-gate biases balanced between
+0 and 1 — from a generator seeded with ``TUNE_DRAW_SEED``, and *every arm* trains once with each (trial t
+uses seed ``TUNE_SEED0 + t``, never a final seed) under the same cap and early-stopping rule. Each arm's setting with the lowest best validation loss (ties: the earlier
 trial) is then used by its final seeds 0..n-1. The test split is never looked at while tuning.
 
 **Checkpoints** (``checkpoints/<arm>-seed<s>.pt``; tuning: ``checkpoints/tune/<arm>-trial<t>.pt``) are written
@@ -218,16 +218,23 @@ def checkpoint_paths(out: str, arm: str, seed: int) -> tuple[str, str]:
 
 
 def tuning_settings(n: int, lr_range, forget_bias: bool) -> list[dict]:
-    """The N settings every arm is tuned over: {"trial", "seed", "lr", "forget_bias"}; lr = exp(U(ln lo,
-    ln hi)), forget_bias from {0, 1} (or None: the arm's default initialisation)."""
+    """The N settings every arm is tuned over: {"trial", "seed", "lr", "forget_bias"}.
+
+    Learning rates are log-uniform over ``lr_range``, drawn stratified (Latin hypercube): [ln lo, ln hi] is cut
+    into N equal parts, each trial draws uniformly from a different part, in a random order — so each draw
+    is log-uniform over the whole range and the N draws cover it evenly. With ``forget_bias`` the trials'
+    forget-gate biases are balanced between 0 and 1 (``t % 2`` in a random order); else None (the arm's
+    default initialisation). Deterministic: a generator seeded with TUNE_DRAW_SEED.
+    """
     lo, hi = lr_range
     g = torch.Generator().manual_seed(TUNE_DRAW_SEED)
+    strata = torch.randperm(n, generator=g).tolist()
+    biases = [float(t % 2) for t in torch.randperm(n, generator=g).tolist()]
     out = []
     for t in range(n):
-        u = float(torch.rand((), generator=g, dtype=torch.float64))
-        fb = float(torch.randint(0, 2, (), generator=g)) if forget_bias else None
-        out.append({"trial": t, "seed": TUNE_SEED0 + t, "lr": math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))),
-                    "forget_bias": fb})
+        u = (strata[t] + float(torch.rand((), generator=g, dtype=torch.float64))) / n
+        lr = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        out.append({"trial": t, "seed": TUNE_SEED0 + t, "lr": lr, "forget_bias": biases[t] if forget_bias else None})
     return out
 
 
