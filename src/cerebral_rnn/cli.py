@@ -7,16 +7,64 @@ import math
 import os
 import sys
 
-PRESETS = {
-    # What `make run` runs: every arm, two seeds, the first 100k characters of the corpus; a few minutes on
-    # a 2-core CPU. One thread: at these sizes a second thread gains little on an idle machine and loses up to
-    # tenfold when other programs compete for the cores.
-    "quick": {"epochs": 8, "seeds": 2, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
-              "lr": 3e-3, "clip": 1.0, "max_chars": 100_000, "threads": 1},
-    # The paper's setting as far as it is known: windows of 20 characters, 500 epochs, the whole corpus.
-    "paper": {"epochs": 500, "seeds": 3, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
-              "lr": 2e-3, "clip": 1.0, "max_chars": None, "threads": None},
+TASKS = ("charlm", "classify", "adding", "copy")
+LR_RANGE = (5e-4, 2e-2)  # tuning: learning rates log-uniform over this range
+
+# Presets: values shared by every task, then each task's own. Every flag given explicitly overrides them.
+_COMMON = {
+    # quick: what `make run` runs (charlm: the first 70,000 characters, about 5 minutes on an idle 2-core CPU
+    # from a fresh clone). One torch thread per run and two runs at a time: at these sizes a second
+    # thread inside a run gains little on an idle machine and loses up to tenfold when other programs compete
+    # for the cores, while two independent runs use both cores fully.
+    "quick": {"seeds": 3, "clip": 1.0, "tune": 0, "lr_range": LR_RANGE, "tune_forget_bias": False,
+              "threads": 1, "jobs": 2},
+    # tuned: quick, with every arm's learning rate tuned (4 trials per arm).
+    "tuned": {"seeds": 3, "clip": 1.0, "tune": 4, "lr_range": LR_RANGE, "tune_forget_bias": False,
+              "threads": 1, "jobs": 2},
+    # paper: the paper's setting as far as it is known, made to finish: 500 epochs as a cap with early
+    # stopping, 5 seeds, 8 tuning trials per arm over the learning rate and the forget-gate bias.
+    "paper": {"seeds": 5, "clip": 1.0, "tune": 8, "lr_range": LR_RANGE, "tune_forget_bias": True,
+              "threads": 1, "jobs": 2},
 }
+_TASK = {
+    "charlm": {
+        "quick": {"epochs": 40, "patience": 3, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
+                  "lr": 3e-3, "max_chars": 70_000},
+        "tuned": {"epochs": 40, "patience": 3, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
+                  "lr": 3e-3, "max_chars": 70_000},
+        "paper": {"epochs": 500, "patience": 5, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
+                  "lr": 2e-3, "max_chars": None},
+    },
+    "classify": {
+        "quick": {"epochs": 60, "patience": 5, "hidden": 64, "embedding": 32, "batch_size": 32, "lr": 3e-3,
+                  "vocab_size": 5000, "max_words": 200},
+        "tuned": {"epochs": 60, "patience": 5, "hidden": 64, "embedding": 32, "batch_size": 32, "lr": 3e-3,
+                  "vocab_size": 5000, "max_words": 200},
+        "paper": {"epochs": 500, "patience": 10, "hidden": 128, "embedding": 64, "batch_size": 32, "lr": 2e-3,
+                  "vocab_size": 10_000, "max_words": 400},
+    },
+    "adding": {
+        "quick": {"epochs": 40, "patience": 5, "hidden": 64, "embedding": 32, "batch_size": 64, "lr": 3e-3,
+                  "length": 50, "examples": 10_000},
+        "tuned": {"epochs": 40, "patience": 5, "hidden": 64, "embedding": 32, "batch_size": 64, "lr": 3e-3,
+                  "length": 50, "examples": 10_000},
+        "paper": {"epochs": 500, "patience": 10, "hidden": 128, "embedding": 32, "batch_size": 64, "lr": 2e-3,
+                  "length": 200, "examples": 50_000},
+    },
+    "copy": {
+        "quick": {"epochs": 40, "patience": 5, "hidden": 64, "embedding": 16, "batch_size": 64, "lr": 3e-3,
+                  "length": 20, "examples": 10_000},
+        "tuned": {"epochs": 40, "patience": 5, "hidden": 64, "embedding": 16, "batch_size": 64, "lr": 3e-3,
+                  "length": 20, "examples": 10_000},
+        "paper": {"epochs": 500, "patience": 10, "hidden": 128, "embedding": 16, "batch_size": 64, "lr": 2e-3,
+                  "length": 100, "examples": 50_000},
+    },
+}
+PRESETS = {p: {t: {**_COMMON[p], **_TASK[t][p]} for t in TASKS} for p in _COMMON}
+
+# Flags that override a preset value (the cfg key is the flag's dest).
+_OVERRIDES = ("epochs", "patience", "seeds", "hidden", "embedding", "seq_len", "batch_size", "lr", "clip",
+              "max_chars", "threads", "jobs", "tune", "lr_range", "vocab_size", "max_words", "length", "examples")
 
 
 def _positive_int(text: str) -> int:
@@ -26,6 +74,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
 
 
@@ -49,56 +107,126 @@ _positive_float = _float_parser(positive=True)
 _nonnegative_float = _float_parser(positive=False)
 
 
+def _lr_range(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with 0 < LOW < HIGH, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with 0 < LOW < HIGH, got {text!r}")
+    return lo, hi
+
+
+def _split(text: str) -> tuple[float, float, float]:
+    from cerebral_rnn.study.data import parse_split
+
+    try:
+        return parse_split(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--split: ")) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from cerebral_rnn.study.models import ARMS
+    from cerebral_rnn.study.arms import ARMS
 
     parser = argparse.ArgumentParser(prog="cerebral-rnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser(
         "reproduce", help="train every arm of the Cerebral LSTM comparison and report",
-        description="Train character-level language models (embedding -> RNN -> linear head) that differ only "
-                    "in their RNN, on the same data, order, optimizer (Adam), schedule, clipping and seeds; "
-                    "write manifest.json, metrics.csv, summary.md, loss_curves.png, samples.txt and "
-                    "checkpoints/ into --out. Under torchrun it trains with DistributedDataParallel. "
-                    "Explicit flags override the preset.",
+        description="Train models that differ only in their recurrent layer (the arms) on the same data, order, "
+                    "optimizer (Adam), clipping and seeds, with early stopping on a validation split and a test "
+                    "split measured once per run; optionally tune every arm's learning rate with the same "
+                    "budget; check the claims with paired statistics over seeds. Writes manifest.json, "
+                    "metrics.csv, runs.csv, summary.md, loss_curves.png, samples.txt (charlm) and checkpoints/ "
+                    "into --out. Under torchrun it trains with DistributedDataParallel. Explicit flags override "
+                    "the preset; a preset's values depend on --task.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    r.add_argument("--corpus", metavar="PATH", default=None,
-                   help="UTF-8 (or --encoding) text file; default: CPython's pydoc_data.topics, no download")
-    r.add_argument("--encoding", default="utf-8", metavar="ENC", help="text encoding of --corpus")
+    r.add_argument("--task", choices=TASKS, default="charlm",
+                   help="charlm: character language model (the paper's); classify: sequence classification "
+                        "(digits pixel by pixel, or --csv); adding, copy: synthetic long-memory problems")
     r.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: all arms, 2 seeds, 100k characters, a few minutes on 2 CPU cores (make run); "
-                        "paper: windows of 20, 500 epochs, whole corpus, 3 seeds (many hours)")
-    r.add_argument("--epochs", type=_positive_int, metavar="N", help="passes over the training part (preset)")
-    r.add_argument("--seeds", type=_positive_int, metavar="N", help="number of seeds: 0..N-1 (preset)")
-    r.add_argument("--hidden", type=_positive_int, metavar="H", help="hidden size H of every arm (preset)")
-    r.add_argument("--embedding", type=_positive_int, metavar="E", help="character embedding size (preset)")
-    r.add_argument("--seq-len", type=_positive_int, metavar="L",
-                   help="characters per training window; the paper used 20 (preset)")
-    r.add_argument("--batch-size", type=_positive_int, metavar="B",
-                   help="windows per optimizer step, over all processes (preset)")
-    r.add_argument("--lr", type=_positive_float, metavar="X", help="Adam learning rate, constant (preset)")
-    r.add_argument("--clip", type=_nonnegative_float, metavar="X",
+                   help="quick: 3 seeds, small data, no tuning (make run: under 10 minutes on 2 CPU cores); "
+                        "tuned: quick with 4 tuning trials per arm; paper: the paper's sizes, 5 seeds, 8 tuning "
+                        "trials per arm, 500 epochs as a cap (hours)")
+    g = r.add_argument_group("training (every task)")
+    g.add_argument("--epochs", type=_positive_int, metavar="N",
+                   help="the cap: at most N passes over the training split (preset)")
+    g.add_argument("--patience", type=_nonnegative_int, metavar="P",
+                   help="stop a run when its validation loss has not improved for P epochs; 0 = never (preset)")
+    g.add_argument("--seeds", type=_positive_int, metavar="N", help="number of final seeds: 0..N-1 (preset)")
+    g.add_argument("--hidden", type=_positive_int, metavar="H", help="hidden size H of every arm (preset)")
+    g.add_argument("--embedding", type=_positive_int, metavar="E",
+                   help="token embedding size (charlm, copy, classify --csv) (preset)")
+    g.add_argument("--batch-size", type=_positive_int, metavar="B",
+                   help="examples per optimizer step, over all processes (preset)")
+    g.add_argument("--lr", type=_positive_float, metavar="X",
+                   help="Adam learning rate, constant, for every arm when not tuning (preset)")
+    g.add_argument("--clip", type=_nonnegative_float, metavar="X",
                    help="gradient-norm clipping threshold, 0 = off (preset)")
-    r.add_argument("--max-chars", type=_positive_int, metavar="N",
-                   help="use only the corpus's first N characters (preset: quick 100000, paper all)")
-    r.add_argument("--models", metavar="a,b,...", default=",".join(ARMS),
-                   help="arms to train, from: " + "; ".join(f"{k} = {v}" for k, v in ARMS.items()))
-    r.add_argument("--out", metavar="DIR", default="runs/study", help="output folder")
-    r.add_argument("--resume", action="store_true",
-                   help="continue the run in --out where it stopped (per arm and seed), skipping finished arms; "
-                        "the config must match its manifest (--epochs, --seeds and --models may change); keep --threads "
-                        "and the machine the same for bit-identical losses")
-    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train")
-    r.add_argument("--threads", type=_positive_int, metavar="N", default=None,
-                   help="CPU threads for torch (preset: quick 1, paper torch's default = all cores); 1 is much "
-                        "faster at small sizes when other programs compete for the cores")
-    r.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    r.add_argument("--stop-after-epochs", type=_positive_int, default=None, help=argparse.SUPPRESS)  # test hook
+    g.add_argument("--split", type=_split, metavar="TR/VA/TE", default=None,
+                   help="train/validation/test percentages (default: 90/5/5 contiguous for charlm; 80/10/10 "
+                        "stratified for classify; 80/10/10 of each seed's generated examples for adding, copy)")
+    g.add_argument("--models", metavar="a,b,...", default=",".join(ARMS),
+                   help="arms to train, from: " + "; ".join(f"{k} = {v.description}" for k, v in ARMS.items()))
+    t = r.add_argument_group("tuning and statistics")
+    t.add_argument("--tune", type=_nonnegative_int, metavar="N",
+                   help="tuning trials per arm (0 = none): the same N settings for every arm, on tuning seeds "
+                        "10000.., same cap and early stopping, scored on validation; the final seeds use each "
+                        "arm's best (preset)")
+    t.add_argument("--lr-range", type=_lr_range, metavar="LOW,HIGH",
+                   help=f"tuning: learning rates log-uniform over [LOW, HIGH] (preset: {LR_RANGE[0]:g},"
+                        f"{LR_RANGE[1]:g})")
+    t.add_argument("--tune-forget-bias", action="store_true", default=None,
+                   help="tuning: also draw the forget-gate bias of each trial from {0, 1} (preset: paper)")
+    t.add_argument("--min-effect", type=_nonnegative_float, metavar="DELTA", default=None,
+                   help="the minimum effect δ a claim must beat, in the test metric's unit (default: charlm "
+                        "0.01 bpc; classify 0.5 percentage points of accuracy; adding 0.01 MSE; copy 5%% of the "
+                        "memoryless baseline cross-entropy)")
+    c = r.add_argument_group("charlm")
+    c.add_argument("--corpus", metavar="PATH", default=None,
+                   help="UTF-8 (or --encoding) text file; default: CPython's pydoc_data.topics, no download")
+    c.add_argument("--encoding", default="utf-8", metavar="ENC", help="text encoding of --corpus or --csv")
+    c.add_argument("--seq-len", type=_positive_int, metavar="L",
+                   help="characters per training window; the paper used 20 (preset)")
+    c.add_argument("--max-chars", type=_positive_int, metavar="N",
+                   help="use only the corpus's first N characters (preset: quick and tuned 70000, paper all)")
+    k = r.add_argument_group("classify")
+    k.add_argument("--digits-rows", action="store_true",
+                   help="read the embedded digits row by row (8 steps of 8 pixels) instead of pixel by pixel")
+    k.add_argument("--csv", metavar="PATH", default=None,
+                   help="a CSV with a header row: classify its texts (--text-column) into its labels "
+                        "(--label-column) instead of the digits")
+    k.add_argument("--text-column", metavar="C", default=None, help="with --csv: the column holding the text")
+    k.add_argument("--label-column", metavar="C", default=None, help="with --csv: the column holding the label")
+    k.add_argument("--vocab-size", type=_positive_int, metavar="N",
+                   help="with --csv: keep the N most frequent words of the training split (preset)")
+    k.add_argument("--max-words", type=_positive_int, metavar="N",
+                   help="with --csv: keep the first N words of each text (preset)")
+    s = r.add_argument_group("adding, copy")
+    s.add_argument("--length", type=_positive_int, metavar="T",
+                   help="sequence length T (adding) or number of blanks T (copy: T + 20 steps) (preset)")
+    s.add_argument("--examples", type=_positive_int, metavar="N",
+                   help="examples generated per seed, split by --split (preset)")
+    o = r.add_argument_group("running")
+    o.add_argument("--out", metavar="DIR", default="runs/study", help="output folder")
+    o.add_argument("--resume", action="store_true",
+                   help="continue the run in --out where it stopped (per run), skipping finished runs; the config "
+                        "must match its manifest (--epochs, --seeds, --models, --jobs and --threads may change); "
+                        "keep --threads and the machine the same for bit-identical losses")
+    o.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train")
+    o.add_argument("--jobs", type=_positive_int, metavar="N",
+                   help="train up to N runs at once in separate processes (1 under torchrun) (preset: 2)")
+    o.add_argument("--threads", type=_positive_int, metavar="N", default=None,
+                   help="CPU threads for torch per run (preset: 1); 1 is much faster at small sizes when other "
+                        "programs compete for the cores")
+    o.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    o.add_argument("--stop-after-epochs", type=_positive_int, default=None, help=argparse.SUPPRESS)  # test hook
 
-    g = sub.add_parser("generate", help="sample text from a study checkpoint",
-                       description="Prime a trained model from a checkpoint written by `reproduce` and sample "
-                                   "characters from it.",
+    g = sub.add_parser("generate", help="sample text from a charlm study checkpoint",
+                       description="Prime a trained character model from a checkpoint written by `reproduce "
+                                   "--task charlm` and sample characters from it.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file from <out>/checkpoints/")
     g.add_argument("--prime", required=True, metavar="TEXT", help="text to start from")
@@ -110,21 +238,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def reproduce_config(args: argparse.Namespace) -> dict:
-    """The preset's values, overridden by every flag given explicitly."""
-    from cerebral_rnn.study.models import check_arms
+    """The preset's values for the task, overridden by every flag given explicitly."""
+    from cerebral_rnn.study.arms import check_arms
+    from cerebral_rnn.study.task import get_task
 
-    cfg = dict(PRESETS[args.preset])
-    for key in ("epochs", "seeds", "hidden", "embedding", "seq_len", "batch_size", "lr", "clip", "max_chars",
-                "threads"):
+    task = get_task(args.task)
+    cfg = dict(PRESETS[args.preset][args.task])
+    for key in _OVERRIDES:
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
+    if args.tune_forget_bias is not None:
+        cfg["tune_forget_bias"] = args.tune_forget_bias
+    cfg["lr_range"] = tuple(cfg["lr_range"])
+    cfg["split"] = tuple(args.split) if args.split is not None else task.default_split
+    cfg["min_effect"] = args.min_effect
     cfg["models"] = check_arms([m.strip() for m in args.models.split(",") if m.strip()])
+    cfg["task"] = args.task
     cfg["corpus"] = os.path.abspath(args.corpus) if args.corpus is not None else None
+    cfg["csv"] = os.path.abspath(args.csv) if args.csv is not None else None
+    cfg["text_column"], cfg["label_column"] = args.text_column, args.label_column
+    cfg["digits_rows"] = bool(args.digits_rows)
     cfg["encoding"] = args.encoding
     cfg["device"] = args.device
     cfg["preset"] = args.preset
+    _check_task_flags(args)
     return cfg
+
+
+_TASK_FLAGS = {"charlm": ("corpus", "seq_len", "max_chars"),
+               "classify": ("csv", "text_column", "label_column", "vocab_size", "max_words", "digits_rows"),
+               "adding": ("length", "examples"), "copy": ("length", "examples")}
+
+
+def _check_task_flags(args: argparse.Namespace) -> None:
+    """A flag of another task is an error (it would silently do nothing)."""
+    own = set(_TASK_FLAGS[args.task])
+    for task, flags in _TASK_FLAGS.items():
+        for flag in flags:
+            value = getattr(args, flag)
+            if flag not in own and value not in (None, False):
+                raise ValueError(f"--{flag.replace('_', '-')}: a flag of --task {task}, not of --task {args.task}")
 
 
 def _reproduce(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Text sources, the character vocabulary, the train/validation split and the windows fed to the models.
+"""Text sources, the character vocabulary, the train/validation/test split and the windows fed to the models.
 
 The default corpus is CPython's ``pydoc_data.topics`` (the dict's values joined in sorted-key order): real
 English prose that ships with every Python, so nothing is downloaded. Its text differs between Python
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import data as _data
+
 UNKNOWN = ""  # vocabulary entry 0: characters never seen in the training part map here
 DEFAULT_CORPUS = "pydoc_data.topics"
-TRAIN_FRACTION = 0.9
 
 
 @dataclass
@@ -102,26 +103,29 @@ class Vocab:
 
 
 @dataclass
-class Splits:
+class TextSplits:
     vocab: Vocab
     train: Tensor  # (N_train,) character ids
     val: Tensor  # (N_val,)
+    test: Tensor  # (N_test,)
     val_text: str
 
 
-def split(corpus: Corpus, seq_len: int, batch_size: int) -> Splits:
-    """Contiguous 90/10 split; vocabulary from the training part; checks there is enough text."""
+def split(corpus: Corpus, seq_len: int, batch_size: int, fractions=(0.9, 0.05, 0.05)) -> TextSplits:
+    """Contiguous train/validation/test split (``fractions``, default 90/5/5); vocabulary from the training
+    part; checks there is enough text for one training batch and one validation and test window."""
     n = len(corpus.text)
-    cut = int(n * TRAIN_FRACTION)
+    a, b = _data.contiguous_bounds(n, fractions)
     need_train = batch_size * seq_len + 1  # one full batch of windows
-    if cut < need_train or n - cut < seq_len + 1:
-        need = max(math.ceil(need_train / TRAIN_FRACTION), math.ceil((seq_len + 1) / (1 - TRAIN_FRACTION))) + 1
-        raise ValueError(f"--corpus: text too short: {n} characters; with --seq-len {seq_len} and --batch-size "
-                         f"{batch_size} about {need} are needed (90% for one training batch of windows, "
-                         f"10% for one validation window)")
-    train_text, val_text = corpus.text[:cut], corpus.text[cut:]
+    if a < need_train or b - a < seq_len + 1 or n - b < seq_len + 1:
+        need = max(math.ceil(need_train / fractions[0]), math.ceil((seq_len + 1) / fractions[1]),
+                   math.ceil((seq_len + 1) / fractions[2])) + 1
+        raise ValueError(f"--corpus: text too short: {n} characters; with --seq-len {seq_len}, --batch-size "
+                         f"{batch_size} and --split {_data.format_split(fractions)} about {need} are needed "
+                         f"(one training batch of windows, one validation and one test window)")
+    train_text, val_text, test_text = corpus.text[:a], corpus.text[a:b], corpus.text[b:]
     vocab = Vocab.from_text(train_text)
-    return Splits(vocab, vocab.encode(train_text), vocab.encode(val_text), val_text)
+    return TextSplits(vocab, vocab.encode(train_text), vocab.encode(val_text), vocab.encode(test_text), val_text)
 
 
 def windows(ids: Tensor, seq_len: int) -> Tensor:

@@ -1,5 +1,6 @@
-"""What a study run leaves behind: metrics CSV, markdown summary with the paper's claims checked against the
-metrics, PNG loss curves and text samples. Everything here is computed from the metrics rows."""
+"""What a study run leaves behind: metrics.csv (per epoch), runs.csv (per run), summary.md with the claims
+checked by paired statistics (:mod:`.stats`), PNG loss curves and, for charlm, text samples. Everything here is
+computed from the runs' recorded metrics and results."""
 
 from __future__ import annotations
 
@@ -10,168 +11,357 @@ import statistics
 
 import torch
 
+from . import arms as _arms
 from . import corpus as _corpus
-from . import models as _models
-
-METRIC_COLUMNS = ("model", "seed", "epoch", "train_loss", "val_loss", "val_bpc", "seconds")
+from . import model as _model
+from . import stats as _stats
+from .task import Task
 
 # Train loss (nats/char) at epoch 500 in the paper (Kumar 2020), for reference only.
 PAPER_EPOCH500 = {"cerebral": 0.398, "lstm": 0.911, "lstm2": 0.568}
 
-# The paper's claims: (text, arm that should win, arm it should beat). Lower loss wins.
+# The claims: (text, arm that should win, arm it should beat, from the paper?).
 CLAIMS = (
     ("Cerebral LSTM beats a single LSTM", "cerebral", "lstm", True),
     ("Cerebral LSTM beats a two-stacked LSTM", "cerebral", "lstm2", True),
     ("distinct initialisation beats identical initialisation", "cerebral", "cerebral-identical", True),
     ("Cerebral LSTM beats a single LSTM with as many parameters", "cerebral", "lstm-matched", False),
+    ("Cerebral LSTM beats an LSTM with h = 2·o·tanh(c) (more than the output scale?)", "cerebral", "lstm-x2", False),
+    ("Cerebral LSTM beats an LSTM(2H) with a learned projection (does fixing the projection help?)", "cerebral",
+     "lstmp", False),
 )
 
 
-# -- metrics CSV -------------------------------------------------------------------------------------------
+# -- CSV tables ------------------------------------------------------------------------------------------------
 
 
-def metrics_csv(rows: list[dict]) -> str:
-    """CSV text with exactly METRIC_COLUMNS; floats written with repr, so they read back exactly."""
+def metric_columns(task: Task, tuning: bool = False) -> tuple[str, ...]:
+    cols = ("model", "seed", "epoch", "train_loss", "val_loss", *(f"val_{c}" for c in task.columns), "seconds")
+    return (("trial", "lr", "forget_bias") + cols) if tuning else cols
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def metrics_csv(rows: list[dict], task: Task, tuning: bool = False) -> str:
+    """Per-epoch rows as CSV; floats written with repr, so they read back exactly."""
+    cols = metric_columns(task, tuning)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(METRIC_COLUMNS)
-    for r in sorted(rows, key=lambda r: (r["model"], r["seed"], r["epoch"])):
-        w.writerow([r["model"], r["seed"], r["epoch"], *(repr(float(r[k])) for k in METRIC_COLUMNS[3:])])
+    w.writerow(cols)
+    key = (lambda r: (r["model"], r["trial"], r["epoch"])) if tuning else (lambda r: (r["model"], r["seed"],
+                                                                                    r["epoch"]))
+    for r in sorted(rows, key=key):
+        w.writerow([_cell(r[c]) for c in cols])
     return buf.getvalue()
 
 
-def read_metrics_csv(path: str) -> list[dict]:
+_INT_COLUMNS = {"seed", "epoch", "trial", "epochs", "best_epoch", "width", "parameters"}
+_TEXT_COLUMNS = {"model", "phase", "stopped"}
+
+
+def _parse(col: str, text: str):
+    if col in _TEXT_COLUMNS:
+        return text
+    if text == "":
+        return None
+    if col in _INT_COLUMNS:
+        return int(text)
+    if text in ("True", "False"):
+        return text == "True"
+    return float(text)
+
+
+def read_csv(path: str) -> list[dict]:
+    """Read metrics.csv, tuning_metrics.csv or runs.csv back (numbers as int/float, empty cells as None)."""
     with open(path, newline="", encoding="utf-8") as f:
-        return [{"model": r["model"], "seed": int(r["seed"]), "epoch": int(r["epoch"]),
-                 **{k: float(r[k]) for k in METRIC_COLUMNS[3:]}} for r in csv.DictReader(f)]
+        return [{k: _parse(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-# -- aggregation -------------------------------------------------------------------------------------------
+read_metrics_csv = read_csv
 
 
-def _by_run(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
-    runs: dict[tuple[str, int], list[dict]] = {}
-    for r in rows:
-        runs.setdefault((r["model"], r["seed"]), []).append(r)
-    for v in runs.values():
-        v.sort(key=lambda r: r["epoch"])
-    return runs
+def run_columns(task: Task) -> tuple[str, ...]:
+    return ("phase", "model", "seed", "trial", "lr", "forget_bias", "width", "parameters", "epochs", "stopped",
+            "best_epoch", "best_val_loss", *(f"best_val_{c}" for c in task.columns), "final_train_loss",
+            "test_loss", *(f"test_{c}" for c in task.columns), "success")
 
 
-def per_seed(rows: list[dict], arm: str) -> dict[str, list[float]]:
-    """For one arm, one value per seed: final train loss, best validation loss and bpc, last epoch,
-    mean seconds per epoch."""
-    out = {"final_train_loss": [], "best_val_loss": [], "best_val_bpc": [], "epochs": [], "seconds": []}
-    for (model, _seed), run in sorted(_by_run(rows).items()):
-        if model != arm:
+def run_row(r: dict, task: Task, params: dict) -> dict:
+    spec, res = r["spec"], r["result"]
+    row = {"phase": spec["phase"], "model": spec["arm"], "seed": spec["seed"], "trial": spec["trial"],
+           "lr": spec["lr"], "forget_bias": spec["forget_bias"], "width": r.get("width"),
+           "parameters": params.get(spec["arm"]), "epochs": res["epochs"], "stopped": res["stopped"],
+           "best_epoch": res["best_epoch"], "best_val_loss": res["best_val"]["loss"],
+           "final_train_loss": res["final_train_loss"], "success": res.get("success")}
+    for c in task.columns:
+        row[f"best_val_{c}"] = res["best_val"][c]
+    test = res.get("test") or {}
+    row["test_loss"] = test.get("loss")
+    for c in task.columns:
+        row[f"test_{c}"] = test.get(c)
+    return row
+
+
+def runs_csv(results: list[dict], task: Task, params: dict) -> str:
+    """One row per run (tuning trials and final seeds): setting, epochs, how it stopped, best epoch, best
+    validation metrics, final train loss, and for final runs the test metrics (best-validation weights)."""
+    cols = run_columns(task)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    rows = [run_row(r, task, params) for r in results]
+    for row in sorted(rows, key=lambda r: (r["phase"] != "tune", r["model"], r["trial"] or 0, r["seed"])):
+        w.writerow([_cell(row[c]) for c in cols])
+    return buf.getvalue()
+
+
+# -- claims ------------------------------------------------------------------------------------------------------
+
+
+def per_seed(final_results: list[dict], arm: str, task: Task) -> dict[str, dict[int, float]]:
+    """For one arm, {seed: value}: test metric (the verdicts' metric), final train loss, best validation
+    loss and primary metric, epochs run, best epoch."""
+    out = {"test": {}, "final_train_loss": {}, "best_val_loss": {}, "best_val": {}, "epochs": {},
+           "best_epoch": {}, "success": {}}
+    key = task.primary.key
+    for r in final_results:
+        if r["spec"]["arm"] != arm or r["spec"]["phase"] != "final" or "test" not in r["result"]:
             continue
-        out["final_train_loss"].append(run[-1]["train_loss"])
-        out["best_val_loss"].append(min(r["val_loss"] for r in run))
-        out["best_val_bpc"].append(min(r["val_bpc"] for r in run))
-        out["epochs"].append(run[-1]["epoch"])
-        out["seconds"].append(statistics.fmean(r["seconds"] for r in run))
+        s, res = r["spec"]["seed"], r["result"]
+        out["test"][s] = res["test"][key]
+        out["final_train_loss"][s] = res["final_train_loss"]
+        out["best_val_loss"][s] = res["best_val"]["loss"]
+        out["best_val"][s] = res["best_val"][key]
+        out["epochs"][s] = res["epochs"]
+        out["best_epoch"][s] = res["best_epoch"]
+        if res.get("success") is not None:
+            out["success"][s] = res["success"]
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def evaluate_claims(final_results: list[dict], task: Task, delta: float, arms: list[str]) -> list[dict]:
+    """Every claim whose two arms ran: paired statistics of the test metric with a Holm-corrected verdict, and
+    the paired difference of the final training loss (the paper's metric) beside it, without a verdict."""
+    tested, rows = [], []
+    for text, winner, loser, in_paper in CLAIMS:
+        row = {"claim": text, "winner": winner, "loser": loser, "in_paper": in_paper,
+               "metric": f"test {task.primary.key}", "higher_is_better": task.primary.higher_is_better}
+        if winner not in arms or loser not in arms:
+            row.update(verdict="NOT EVALUATED", reason="arm " + ", ".join(a for a in (winner, loser)
+                                                                          if a not in arms) + " not in this run")
+            rows.append(row)
+            continue
+        a, b = per_seed(final_results, winner, task), per_seed(final_results, loser, task)
+        p = _stats.analyse(a["test"], b["test"], task.primary.higher_is_better, delta)
+        train = _stats.analyse(a["final_train_loss"], b["final_train_loss"], False, 0.0)
+        p.extra["train"] = train
+        tested.append(p)
+        row["_paired"] = p
+        rows.append(row)
+    _stats.decide(tested)
+    for row in rows:
+        p = row.pop("_paired", None)
+        if p is None:
+            continue
+        t = p.extra["train"]
+        row.update(verdict=p.verdict, reason=p.reason, n=p.n, seeds=p.seeds, differences=p.differences,
+                   mean=p.mean, sd=p.sd, ci=[p.low, p.high], delta=p.delta, p_sup=p.p_sup,
+                   p_sup_holm=p.p_sup_adj, p_con=p.p_con, p_con_holm=p.p_con_adj,
+                   train_loss={"differences": t.differences, "mean": t.mean, "ci": [t.low, t.high], "n": t.n})
+    return _json_safe(rows)
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _f(x, digits: int = 3, signed: bool = False) -> str:
+    """``digits`` decimals; a nonzero number that would print as zero in scientific notation instead."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    sign = "+" if signed else ""
+    if x != 0 and abs(x) < 0.5 * 10 ** -digits:
+        return f"{x:{sign}.2e}"
+    return f"{x:{sign}.{digits}f}"
+
+
+def _p(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:.3g}" if x >= 0.001 else f"{x:.1e}"
+
+
+def verdict_lines(claims: list[dict]) -> list[str]:
+    """One short line per claim, for the terminal."""
+    out = []
+    for c in claims:
+        if c["verdict"] == "NOT EVALUATED":
+            out.append(f"{c['winner']} vs {c['loser']}: not evaluated ({c['reason']})")
+            continue
+        out.append(f"{c['winner']} vs {c['loser']}: {c['verdict']} on {c['metric']} (mean difference "
+                   f"{_f(c['mean'], 4, True)}, 95% CI [{_f(c['ci'][0], 4, True)}, {_f(c['ci'][1], 4, True)}], "
+                   f"n = {c['n']}, δ = {c['delta']:g})")
+    return out
+
+
+# -- the summary ---------------------------------------------------------------------------------------------------
+
+
+def _mean_std(values) -> tuple[float, float]:
+    values = list(values)
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
-def fmt_mean_std(values: list[float], digits: int = 3) -> str:
+def fmt_mean_std(values, digits: int = 3) -> str:
     m, s = _mean_std(values)
     if math.isnan(m):
         return "—"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if not math.isnan(s) else f"{m:.{digits}f}"
+    return f"{_f(m, digits)} ± {_f(s, digits)}" if not math.isnan(s) else _f(m, digits)
 
 
-def compare(rows: list[dict], winner: str, loser: str, metric: str) -> dict | None:
-    """Does ``winner`` have a lower ``metric`` (a per_seed key) than ``loser``? None when either arm is
-    missing. ``beyond_spread``: the seed ranges [min, max] of the two arms do not overlap (None with < 2 seeds)."""
-    a, b = per_seed(rows, winner)[metric], per_seed(rows, loser)[metric]
-    if not a or not b:
-        return None
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    if len(a) < 2 or len(b) < 2:
-        beyond = None
-    else:
-        beyond = max(a) < min(b) or max(b) < min(a)
-    return {"winner": winner, "loser": loser, "metric": metric, "mean_winner": ma, "mean_loser": mb,
-            "difference": mb - ma, "relative": (mb - ma) / mb if mb else math.nan,
-            "supported": ma < mb, "beyond_spread": beyond, "seeds": (len(a), len(b))}
+def _setting(chosen: dict | None) -> str:
+    if not chosen:
+        return "—"
+    s = f"{chosen['lr']:.3g}"
+    if chosen.get("forget_bias") is not None:
+        s += f", fb {chosen['forget_bias']:g}"
+    return s
 
 
-def _verdict(c: dict) -> str:
-    if c["beyond_spread"] is None:
-        spread = "spread unknown (one seed)"
-    elif c["beyond_spread"]:
-        spread = "beyond the seed spread"
-    else:
-        spread = "within the seed spread"
-    word = "supports" if c["supported"] else "does not support"
-    return f"{word} it ({spread})"
-
-
-def claim_lines(rows: list[dict]) -> list[str]:
-    """One markdown line per claim, judged on final training loss (the paper's measure) and best
-    validation bpc, from the metrics alone."""
-    lines = []
-    for text, winner, loser, in_paper in CLAIMS:
-        tag = "paper's claim" if in_paper else "not in the paper; a parameter-fair check"
-        train = compare(rows, winner, loser, "final_train_loss")
-        val = compare(rows, winner, loser, "best_val_bpc")
-        if train is None or val is None:
-            missing = [a for a in (winner, loser) if not per_seed(rows, a)["epochs"]]
-            lines.append(f"- **{text}** ({tag}): not evaluated — arm {', '.join(missing)} not in this run.")
-            continue
-        verdict = "SUPPORTED" if train["supported"] and val["supported"] else (
-            "NOT SUPPORTED" if not train["supported"] and not val["supported"] else "MIXED")
-        lines.append(
-            f"- **{text}** ({tag}; `{winner}` vs `{loser}`): **{verdict}**. "
-            f"Final train loss {train['mean_winner']:.3f} vs {train['mean_loser']:.3f} nats/char "
-            f"(difference {train['difference']:+.3f}, {100 * train['relative']:+.1f}%): this run "
-            f"{_verdict(train)}. Best validation {val['mean_winner']:.3f} vs {val['mean_loser']:.3f} bpc "
-            f"(difference {val['difference']:+.3f}, {100 * val['relative']:+.1f}%): {_verdict(val)}.")
-    return lines
-
-
-def summary_markdown(rows: list[dict], info: dict) -> str:
-    """The run's summary. ``info``: arms, params {arm: n}, widths {arm: w}, train_chars_per_epoch, config,
-    corpus (describe()), path_gaps {arm: [gap per seed]}, wall_seconds, world_size."""
-    cfg = info["config"]
-    out = ["# Cerebral LSTM study — summary", ""]
-    c = info["corpus"]
-    out.append(f"Character-level language model (embedding {cfg['embedding']} → RNN → linear head over "
-               f"{info['vocab_size']} symbols), windows of {cfg['seq_len']} characters, batch "
-               f"{cfg['batch_size']}, Adam lr {cfg['lr']}, gradient clipping {cfg['clip']}, "
-               f"{cfg['epochs']} epochs, seeds {', '.join(map(str, info['seeds']))}. Corpus "
-               f"`{c['source']}` ({c['characters']} characters, sha256 `{c['sha256'][:16]}…`, "
-               f"Python {c['python_version']}); 90/10 contiguous split. Hidden size H = {cfg['hidden']}. "
-               f"{info['world_size']} process(es), device {cfg['device']}, wall time of this invocation "
+def summary_markdown(rows: list[dict], final_results: list[dict], info: dict) -> tuple[str, list[dict]]:
+    """The run's summary and its claims (JSON-ready). ``info``: task, data, arms, seeds, params, widths,
+    config, chosen, tuning, min_effect, path_gaps, wall_seconds, world_size, jobs."""
+    task, cfg, arms = info["task"], info["config"], info["arms"]
+    m, key = task.primary, task.primary.key
+    claims = evaluate_claims(final_results, task, info["min_effect"], arms)
+    out = [f"# Cerebral LSTM study — task `{task.name}`", "", task.intro(cfg, info["data"]), ""]
+    tuned = cfg["tune"] > 0
+    lr_text = (f"learning rate tuned per arm ({cfg['tune']} trials, see Tuning)" if tuned
+               else f"learning rate {cfg['lr']:g} for every arm (not tuned)")
+    stop = (f"early stopping when the validation loss has not improved for {cfg['patience']} epochs, at most "
+            f"{cfg['epochs']} epochs" if cfg["patience"] else f"{cfg['epochs']} epochs (no early stopping)")
+    out.append(f"Every arm: hidden size H = {cfg['hidden']}, Adam with a constant {lr_text}, batch "
+               f"{cfg['batch_size']}, gradient clipping {cfg['clip']}, {stop}; the test split is measured once "
+               f"per run, on the weights of its best validation epoch. Seeds {', '.join(map(str, info['seeds']))} "
+               f"(seed = initial weights and data order; paired across arms). {info['world_size']} process(es), "
+               f"{info['jobs']} run(s) at a time, device {cfg['device']}; wall time of this invocation "
                f"{info['wall_seconds']:.0f} s.")
-    out += ["", ("Mean ± standard deviation over seeds. Train loss: mean per-character cross-entropy (nats) of "
-                 "the last epoch. Validation: best epoch's bits per character."), ""]
-    out.append("| arm | RNN width | parameters | final train loss | best val bpc | s / epoch | train chars / s |")
-    out.append("|---|---|---|---|---|---|---|")
-    for arm in info["arms"]:
-        s = per_seed(rows, arm)
-        if not s["epochs"]:
+    succ = task.success_rule()
+    out += ["", "## Arms", "", f"Mean ± standard deviation over seeds. Test {m.label} ({m.unit}) on each run's "
+            f"best-validation weights; final train loss ({task.loss_label}) at the run's last epoch (the paper's "
+            "metric)." + (f" Successes: runs with {succ}." if succ else ""), ""]
+    head = (f"| arm | RNN width | parameters | lr | epochs run | best epoch | final train loss | best val {key} | "
+            f"**test {key}** |" + (" successes |" if succ else "") + " s / epoch |")
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    by_run = {}
+    for r in rows:
+        by_run.setdefault(r["model"], []).append(r["seconds"])
+    for arm in arms:
+        s = per_seed(final_results, arm, task)
+        if not s["test"]:
             continue
-        sec = statistics.fmean(s["seconds"])
-        cps = info["train_chars_per_epoch"] / sec if sec > 0 else math.nan
-        out.append(f"| `{arm}` | {info['widths'][arm]} | {info['params'][arm]:,} | "
-                   f"{fmt_mean_std(s['final_train_loss'])} | {fmt_mean_std(s['best_val_bpc'])} | {sec:.2f} | "
-                   f"{cps:,.0f} |")
-    out += ["", ("Seconds per epoch include the validation pass; characters per second are training characters "
-                 "per epoch divided by that. The LSTM arms run torch's fused LSTM op, the Cerebral arms the "
-                 "library's default backend, so speed differences are partly implementation differences."), ""]
-    out += ["## The paper's claims, checked against this run", ""]
-    out += claim_lines(rows)
-    paper = ", ".join(f"{k} {v}" for k, v in PAPER_EPOCH500.items())
-    out += ["", ("A difference is *beyond the seed spread* when the two arms' ranges over seeds do not overlap. "
-                 f"For reference, the paper reports training losses at epoch 500 of {paper} (nats/char; its "
-                 f"corpus and sizes differ from this run's {cfg['epochs']} epochs).")]
+        sec = statistics.fmean(by_run[arm]) if by_run.get(arm) else math.nan
+        line = (f"| `{arm}` | {info['widths'][arm]} | {info['params'][arm]:,} | {_setting(info['chosen'].get(arm))} | "
+                f"{fmt_mean_std(s['epochs'].values(), 1)} | {fmt_mean_std(s['best_epoch'].values(), 1)} | "
+                f"{fmt_mean_std(s['final_train_loss'].values())} | {fmt_mean_std(s['best_val'].values())} | "
+                f"**{fmt_mean_std(s['test'].values())}** |")
+        if succ:
+            line += f" {sum(s['success'].values())}/{len(s['success'])} |"
+        out.append(line + f" {sec:.2f} |")
+    out += ["", ("Seconds per epoch include the validation pass; with several runs at a time they also include "
+                 "waiting for a core. The LSTM arms run torch's fused LSTM op, the Cerebral arms the library's "
+                 "default backend, so speed differences are partly implementation differences.")]
+
+    out += ["", "## The claims", ""]
+    direction = "higher" if m.higher_is_better else "lower"
+    out.append(
+        f"Verdicts are about the **test {m.label}** ({m.unit}, {direction} is better). For each claim \"A beats B\" "
+        f"and each seed both arms ran, d = the test metric's advantage of A over B (positive: the claim holds on "
+        f"that seed). Mean d, sample standard deviation and the two-sided 95% t-interval over seeds; minimum "
+        f"effect declared in advance δ = {info['min_effect']:g} {m.unit}; one-sided t-tests of \"mean d ≤ δ\" "
+        f"(p beyond δ) and \"mean d ≥ 0\" (p other side), each family Holm-corrected over the "
+        f"{sum(c['verdict'] != 'NOT EVALUATED' for c in claims)} claims tested here. **SUPPORTED**: Holm p beyond "
+        f"δ < {_stats.ALPHA}; **CONTRADICTED**: Holm p other side < {_stats.ALPHA}; otherwise **INCONCLUSIVE** "
+        f"(we do not know). The paper's own metric, the final training loss, is shown beside it as a paired "
+        f"mean difference (positive: A lower) with its 95% interval, without a verdict: a lower training loss "
+        f"is not evidence of a better model.")
+    out += ["", (f"| claim | A vs B | verdict (test {key}) | mean d | 95% CI | n | p beyond δ (raw / Holm) | "
+                f"p other side (raw / Holm) | paper's metric: final train loss d [95% CI] |"),
+            "|---|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        tag = "" if c["in_paper"] else " *(ours)*"
+        pair = f"`{c['winner']}` vs `{c['loser']}`"
+        if c["verdict"] == "NOT EVALUATED":
+            out.append(f"| {c['claim']}{tag} | {pair} | not evaluated: {c['reason']} | | | | | | |")
+            continue
+        t = c["train_loss"]
+        out.append(f"| {c['claim']}{tag} | {pair} | **{c['verdict']}** | {_f(c['mean'], 4, True)} | "
+                   f"[{_f(c['ci'][0], 4, True)}, {_f(c['ci'][1], 4, True)}] | {c['n']} | {_p(c['p_sup'])} / "
+                   f"{_p(c['p_sup_holm'])} | {_p(c['p_con'])} / {_p(c['p_con_holm'])} | "
+                   f"{_f(t['mean'], 3, True)} [{_f(t['ci'][0], 3, True)}, {_f(t['ci'][1], 3, True)}] |")
+    reasons = [f"- `{c['winner']}` vs `{c['loser']}`: INCONCLUSIVE because {c['reason']}." for c in claims
+               if c["verdict"] != "NOT EVALUATED" and c["n"] < 2]
+    if reasons:
+        out += ["", *reasons]
+    if task.name == "charlm":
+        paper = ", ".join(f"{k} {v}" for k, v in PAPER_EPOCH500.items())
+        out += ["", (f"For reference, the paper reports training losses at epoch 500 of {paper} (nats/char; its "
+                     f"corpus and sizes differ from this run's, and it reports no held-out metric).")]
+
+    out += ["", "## Runs", "", "Final runs; test metrics on the best-validation weights.", ""]
+    cols = ["arm", "seed", "lr", "epochs", "stop", "best epoch", "best val loss", *(f"best val {c}"
+            for c in task.columns), "test loss", *(f"test {c}" for c in task.columns)] + (["success"] if succ else [])
+    out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in sorted(final_results, key=lambda r: (arms.index(r["spec"]["arm"]) if r["spec"]["arm"] in arms else 99,
+                                                  r["spec"]["seed"])):
+        res, sp = r["result"], r["spec"]
+        vals = [f"`{sp['arm']}`", str(sp["seed"]), f"{sp['lr']:.3g}", str(res["epochs"]), res["stopped"],
+                str(res["best_epoch"]), _f(res["best_val"]["loss"], 4),
+                *(_f(res["best_val"][c], 4) for c in task.columns), _f(res["test"]["loss"], 4),
+                *(_f(res["test"][c], 4) for c in task.columns)]
+        if succ:
+            vals.append("yes" if res.get("success") else "no")
+        out.append("| " + " | ".join(vals) + " |")
+
+    if info.get("tuning"):
+        tu = info["tuning"]
+        lo, hi = tu["lr_range"]
+        out += ["", "## Tuning", "",
+                (f"Every arm trained once with each of the same {tu['trials_per_arm']} settings: learning rate "
+                 f"log-uniform over [{lo:g}, {hi:g}]" + (", forget-gate bias from {0, 1}" if tu["forget_bias_tuned"]
+                                                         else "") +
+                 f", drawn once from a generator seeded with {tu['draw_seed']}; trial t trains with seed "
+                 f"{tu['settings'][0]['seed'] if tu['settings'] else ''} + t (never a final seed), the same "
+                 f"epoch cap and early stopping; scored by the best validation loss. The chosen trial (**bold**) "
+                 f"sets the arm's setting for its final seeds. The test split is not used."), "",
+                "| arm | trial | lr | forget bias | epochs | best epoch | best val loss | best val " + key + " |",
+                "|---|---|---|---|---|---|---|---|"]
+        for arm in arms:
+            for t in tu["trials"].get(arm, []):
+                bold = "**" if tu["chosen"].get(arm, {}).get("trial") == t["trial"] else ""
+                fb = "default" if t["forget_bias"] is None else f"{t['forget_bias']:g}"
+                if t["forget_bias"] is not None and arm in _arms.ARMS and not _arms.ARMS[arm].forget_gate:
+                    fb = "n/a (no forget gate)"
+                out.append(f"| `{arm}` | {bold}{t['trial']}{bold} | {bold}{t['lr']:.3g}{bold} | {fb} | "
+                           f"{t['epochs']} | {t['best_epoch']} | {bold}{t['best_val']['loss']:.4f}{bold} | "
+                           f"{t['best_val'][key]:.4f} |")
+
     gaps = info.get("path_gaps") or {}
     if gaps:
         out += ["", "## Symmetry check", ""]
@@ -188,14 +378,24 @@ def summary_markdown(rows: list[dict], info: dict) -> str:
                 note = "the two paths differ"
             out.append(f"- `{arm}`: max |upper − lower| over all RNN parameters after training = {g:.3g} "
                        f"(largest over {len(values)} seed(s)) — {note}.")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n", claims
 
 
 # -- curves ------------------------------------------------------------------------------------------------
 
 
-def plot_curves(rows: list[dict], path: str, arms: list[str]) -> None:
-    """Train and validation loss per epoch: mean line and min–max band over seeds, one colour per arm."""
+def _by_run(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        runs.setdefault((r["model"], r["seed"]), []).append(r)
+    for v in runs.values():
+        v.sort(key=lambda r: r["epoch"])
+    return runs
+
+
+def plot_curves(rows: list[dict], path: str, arms: list[str], task: Task) -> None:
+    """Train and validation loss per epoch: mean line and min–max band over the seeds still training at that
+    epoch (runs stop early at different epochs), one colour per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,10 +417,10 @@ def plot_curves(rows: list[dict], path: str, arms: list[str]) -> None:
     for ax, title in zip(axes, ("training loss (epoch mean)", "validation loss")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("cross-entropy (nats / character)")
+        ax.set_ylabel(task.loss_label)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("Cerebral LSTM study: mean over seeds, band = min–max")
+    fig.suptitle(f"Cerebral LSTM study, task {task.name}: mean over seeds, band = min–max")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -256,6 +456,10 @@ def generate(model, vocab: _corpus.Vocab, prime: str, length: int, temperature: 
 
 
 def model_from_checkpoint(ckpt: dict):
-    model = _models.build_model(ckpt["model_config"])
+    """(model, vocabulary) of a charlm checkpoint; ValueError for another task's."""
+    task = ckpt.get("task_info", {}).get("task")
+    if task != "charlm":
+        raise ValueError(f"--checkpoint: a {task} checkpoint; generate needs one from --task charlm")
+    model = _model.build_model(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
-    return model, _corpus.Vocab(list(ckpt["vocab"]))
+    return model, _corpus.Vocab(list(ckpt["task_info"]["vocab"]))

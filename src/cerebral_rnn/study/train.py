@@ -1,46 +1,77 @@
-"""The training loop of the study: every arm x seed, evaluation, checkpoints and resume, DDP under torchrun.
+"""The training loop every task shares: runs (arm x seed, and tuning trials), early stopping, the test metric,
+checkpoints and resume, tuning, parallel runs, DDP under torchrun.
 
-Data order: the training part is cut into non-overlapping windows of ``seq_len + 1`` characters; each epoch
-shuffles them with a generator seeded by ``(seed, epoch)`` alone, so every arm sees the same windows in the same
-order, and a resumed run sees what an uninterrupted one would have. Each window starts from a zero state; the
-loss is the mean cross-entropy over the window's ``seq_len`` predicted characters. The last incomplete batch
-of an epoch is dropped. Under ``torchrun`` every global batch is split into equal contiguous shards, one per
-rank (a deterministic DistributedSampler), and DistributedDataParallel averages the gradients, so a run on N
-processes computes what one process computes at the same global batch.
+**A run** trains one arm with one seed and one setting (learning rate, optional forget-gate bias). The seed
+sets the initial weights (torch, numpy and Python generators seeded with it) and the data order: each epoch
+shuffles the training examples with a generator seeded by ``(seed, epoch)`` alone, so every arm sees the same
+examples in the same order, and a resumed run sees what an uninterrupted one would have. The last incomplete
+batch of an epoch is dropped. After each epoch the validation split is evaluated; **early stopping**: the run
+ends when the validation loss has not improved for ``patience`` epochs (0: never), or at ``epochs`` (the cap).
+The **test** split is evaluated once, when a final run ends, on the weights of its best validation epoch.
 
-Checkpoints (``checkpoints/<arm>-seed<s>.pt``) are written after every epoch through a temporary file and
-``os.replace``: model, optimizer, RNG states and metrics so far, only tensors, dicts, lists, numbers and
-strings, so they load with ``torch.load(..., weights_only=True)``. ``<arm>-seed<s>-best.pt`` holds the
-weights of the epoch with the lowest validation loss.
+**Tuning** (``tune`` = N > 0): N settings are drawn once — learning rates log-uniform over ``lr_range``
+(stratified, see :func:`tuning_settings`) and, with ``tune_forget_bias``, forget-gate biases balanced between
+0 and 1 — from a generator seeded with ``TUNE_DRAW_SEED``, and *every arm* trains once with each (trial t
+uses seed ``TUNE_SEED0 + t``, never a final seed) under the same cap and early-stopping rule. Each arm's setting with the lowest best validation loss (ties: the earlier
+trial) is then used by its final seeds 0..n-1. The test split is never looked at while tuning.
+
+**Checkpoints** (``checkpoints/<arm>-seed<s>.pt``; tuning: ``checkpoints/tune/<arm>-trial<t>.pt``) are written
+after every epoch through a temporary file and ``os.replace``: model, optimizer, RNG states, metrics, early-
+stopping state and, once the run has ended, its result; only tensors, dicts, lists, numbers and strings, so
+they load with ``torch.load(..., weights_only=True)``. ``<arm>-seed<s>-best.pt`` holds the weights of a final
+run's best validation epoch.
+
+**Parallel runs** (``jobs`` > 1): runs are independent, so up to ``jobs`` of them train at once in worker
+processes (spawned, ``threads`` torch threads each, default 1); each computes exactly what it computes alone.
+A worker whose parent has died stops before its next epoch. **DDP**: under ``torchrun`` the runs go one after
+another and every global batch is split into equal contiguous shards, one per rank; DistributedDataParallel
+averages the gradients, so N processes compute what one computes at the same global batch.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cerebral_rnn import backends as _backends
 
-from . import corpus as _corpus
-from . import models as _models
+from . import arms as _arms
+from . import data as _data
+from . import model as _model
+from .task import Task, TaskData, get_task
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+TUNE_SEED0 = 10_000  # tuning trial t trains with seed TUNE_SEED0 + t; final seeds must stay below it
+TUNE_DRAW_SEED = 2020  # the generator that draws the tuning settings
 
-# Settings that change what is computed: a resumed run must use the same ones as the run it continues.
-TRAINING_KEYS = ("corpus", "encoding", "max_chars", "hidden", "embedding", "seq_len", "batch_size", "lr", "clip")
+# Settings that change what is computed: a resumed run must use the same ones as the run it continues
+# (the task adds its own: Task.keys). --epochs, --seeds, --models, --jobs and --threads may change.
+COMMON_KEYS = ("task", "hidden", "batch_size", "lr", "clip", "split", "patience", "tune", "lr_range",
+               "tune_forget_bias")
+
+_LSTMP_WARNING = "LSTM with projections is not supported with oneDNN"  # torch's note, once per process
 
 
 class StopRequested(Exception):
     """Raised by the ``stop_after_epochs`` test hook: stops a run as if it had been killed after an epoch."""
+
+
+def training_keys(task: Task) -> tuple[str, ...]:
+    return COMMON_KEYS + tuple(k for k in task.keys if k not in COMMON_KEYS)
+
+
+def training_config(cfg: dict, task: Task) -> dict:
+    return json.loads(json.dumps({k: cfg.get(k) for k in training_keys(task)}))
 
 
 # -- distributed ---------------------------------------------------------------------------------------------
@@ -143,39 +174,68 @@ def load_checkpoint(path: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
         raise ValueError(f"--checkpoint: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model_config" not in ckpt:
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt:
         raise ValueError(f"--checkpoint: {path} is not a cerebral-rnn study checkpoint")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"--checkpoint: {path} has checkpoint format {ckpt.get('format')}, this version reads "
+                         f"format {CHECKPOINT_FORMAT}; start a new run in another --out")
     return ckpt
 
 
+# -- runs ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: ``phase`` "final" (seed 0..n-1) or "tune" (``trial`` t, seed TUNE_SEED0 + t)."""
+
+    phase: str
+    arm: str
+    seed: int
+    lr: float
+    forget_bias: float | None = None
+    trial: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.phase == "tune":
+            return f"{self.arm} trial {self.trial}"
+        return f"{self.arm} seed {self.seed}"
+
+    def paths(self, out: str) -> tuple[str, str | None]:
+        """(last checkpoint, best-weights checkpoint or None for a tuning trial)."""
+        if self.phase == "tune":
+            return os.path.join(out, "checkpoints", "tune", f"{self.arm}-trial{self.trial}.pt"), None
+        base = os.path.join(out, "checkpoints", f"{self.arm}-seed{self.seed}")
+        return base + ".pt", base + "-best.pt"
+
+    def setting(self) -> dict:
+        return {"lr": self.lr, "forget_bias": self.forget_bias}
+
+
 def checkpoint_paths(out: str, arm: str, seed: int) -> tuple[str, str]:
-    base = os.path.join(out, "checkpoints", f"{arm}-seed{seed}")
-    return base + ".pt", base + "-best.pt"
+    return RunSpec("final", arm, seed, 0.0).paths(out)
 
 
-# -- one arm x seed ----------------------------------------------------------------------------------------------
+def tuning_settings(n: int, lr_range, forget_bias: bool) -> list[dict]:
+    """The N settings every arm is tuned over: {"trial", "seed", "lr", "forget_bias"}.
 
-
-@torch.no_grad()
-def evaluate(model: nn.Module, wins: torch.Tensor, device: torch.device, chunk: int = 512) -> float:
-    """Mean per-character cross-entropy (nats) over all windows, each from a zero state."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, wins.shape[0], chunk):
-        batch = wins[start:start + chunk].t().to(device)  # (L+1, b)
-        logits, _ = model(batch[:-1])
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[1:].reshape(-1),
-                                       reduction="sum"))
-        count += batch[1:].numel()
-    model.train(was_training)
-    return total / count
-
-
-def epoch_order(num_windows: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of training windows for this epoch: a function of (seed, epoch) only."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_windows, generator=g)
+    Learning rates are log-uniform over ``lr_range``, drawn stratified (Latin hypercube): [ln lo, ln hi] is cut
+    into N equal parts, each trial draws uniformly from a different part, in a random order — so each draw
+    is log-uniform over the whole range and the N draws cover it evenly. With ``forget_bias`` the trials'
+    forget-gate biases are balanced between 0 and 1 (``t % 2`` in a random order); else None (the arm's
+    default initialisation). Deterministic: a generator seeded with TUNE_DRAW_SEED.
+    """
+    lo, hi = lr_range
+    g = torch.Generator().manual_seed(TUNE_DRAW_SEED)
+    strata = torch.randperm(n, generator=g).tolist()
+    biases = [float(t % 2) for t in torch.randperm(n, generator=g).tolist()]
+    out = []
+    for t in range(n):
+        u = (strata[t] + float(torch.rand((), generator=g, dtype=torch.float64))) / n
+        lr = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        out.append({"trial": t, "seed": TUNE_SEED0 + t, "lr": lr, "forget_bias": biases[t] if forget_bias else None})
+    return out
 
 
 def _log(msg: str) -> None:
@@ -183,11 +243,11 @@ def _log(msg: str) -> None:
 
 
 class _Progress:
-    """tqdm bars on a terminal, plain log lines otherwise, nothing with ``quiet`` (or on ranks other than 0)."""
+    """tqdm bars on a terminal (one process), plain log lines otherwise, nothing with ``quiet``."""
 
-    def __init__(self, enabled: bool, total_runs: int) -> None:
+    def __init__(self, enabled: bool, total_runs: int, bars: bool = True) -> None:
         self.enabled = enabled
-        self.bars = enabled and sys.stderr.isatty()
+        self.bars = enabled and bars and sys.stderr.isatty()
         self.tqdm = None
         if self.bars:
             try:
@@ -195,7 +255,7 @@ class _Progress:
                 self.tqdm = tqdm
             except ImportError:  # the study extra is not installed: fall back to log lines
                 self.bars = False
-        self.runs = self.tqdm(total=total_runs, desc="arms", position=0, unit="run") if self.bars else None
+        self.runs = self.tqdm(total=total_runs, desc="runs", position=0, unit="run") if self.bars else None
 
     def log(self, msg: str) -> None:
         if not self.enabled:
@@ -208,11 +268,6 @@ class _Progress:
     def epochs(self, name: str, start: int, total: int):
         if self.bars:
             return self.tqdm(total=total, initial=start, desc=name, position=1, leave=False, unit="epoch")
-        return None
-
-    def batches(self, total: int):
-        if self.bars:
-            return self.tqdm(total=total, desc="batches", position=2, leave=False, unit="batch")
         return None
 
     def run_done(self) -> None:
@@ -228,118 +283,234 @@ class _Progress:
 class RunContext:
     cfg: dict
     out: str
-    splits: _corpus.Splits
-    train_windows: torch.Tensor  # (W, L+1)
-    val_windows: torch.Tensor
+    task: Task
+    data: TaskData
     dist: Dist
     progress: _Progress
-    on_epoch: callable  # called (rank 0) after each epoch with no arguments: rewrite metrics.csv
+    on_epoch: object = None  # called (rank 0) after each epoch with (spec, metrics): rewrite metrics.csv
     stop_after_epochs: int | None = None
     epochs_done_here: int = 0
+    parent_pid: int | None = None  # in a worker: stop when the parent is gone
+    _splits: dict = field(default_factory=dict)
+
+    def splits(self, seed: int):
+        if seed not in self._splits:
+            if len(self._splits) > 4:
+                self._splits.clear()
+            self._splits[seed] = self.task.splits(self.data, self.cfg, seed)
+        return self._splits[seed]
 
 
-def train_one(ctx: RunContext, arm: str, seed: int, resume: bool) -> dict:
-    """Train (or continue) one arm with one seed; returns {"metrics": [...], "config": ..., "path_gap": ...}."""
-    cfg, dist, device = ctx.cfg, ctx.dist, ctx.dist.device
-    last_path, best_path = checkpoint_paths(ctx.out, arm, seed)
-    vocab = ctx.splits.vocab
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    config = _models.model_config(arm, len(vocab), cfg["embedding"], cfg["hidden"])
-    model = _models.build_model(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+def _check_parent(ctx: RunContext) -> None:
+    if ctx.parent_pid is not None and os.getppid() != ctx.parent_pid:
+        os._exit(1)  # the parent was killed: a later --resume may already be writing these checkpoints
+
+
+def _metric_row(spec: RunSpec, epoch: int, train_loss: float, val: dict, seconds: float, task: Task) -> dict:
+    row = {"model": spec.arm, "seed": spec.seed, "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"]}
+    row.update({f"val_{c}": val[c] for c in task.columns})
+    row["seconds"] = seconds
+    if spec.phase == "tune":
+        row = {"trial": spec.trial, "lr": spec.lr, "forget_bias": spec.forget_bias, **row}
+    return row
+
+
+def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
+    """Train (or continue, or just report) one run. Returns {"spec", "config", "metrics", "result",
+    "path_gap"}; ``result`` (rank 0; None elsewhere) = {"stopped": "early" | "cap", "epochs", "best_epoch",
+    "best_val": {...}, "final_train_loss", and for final runs "test": {...} and "success"}."""
+    cfg, dist, device, task = ctx.cfg, ctx.dist, ctx.dist.device, ctx.task
+    last_path, best_path = spec.paths(ctx.out)
+    splits = ctx.splits(spec.seed)
+    _model.seed_everything(spec.seed)
+    config = _model.model_config(spec.arm, ctx.data.io, cfg["hidden"], task.name, spec.forget_bias)
+    model = _model.build_model(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
     metrics: list[dict] = []
-    start, best_val = 0, math.inf
+    start, best_val, best_epoch, bad, stopped, result = 0, math.inf, 0, 0, None, None
+    best_vals: dict = {}
     if resume and os.path.exists(last_path):
         ckpt = load_checkpoint(last_path)
         if ckpt["model_config"] != config:
             raise ValueError(f"--resume: {last_path} holds a model {ckpt['model_config']}, this run builds {config}")
+        if ckpt["spec"] != asdict(spec):
+            raise ValueError(f"--resume: {last_path} was trained with {ckpt['spec']}, this run asks for "
+                             f"{asdict(spec)} (did the tuning settings or --epochs change?)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"], device)
-        metrics, start, best_val = list(ckpt["metrics"]), int(ckpt["epoch"]), float(ckpt["best_val_loss"])
+        metrics, start = list(ckpt["metrics"]), int(ckpt["epoch"])
+        best_val, best_epoch, bad = float(ckpt["best_val_loss"]), int(ckpt["best_epoch"]), int(ckpt["bad_epochs"])
+        best_vals, stopped, result = dict(ckpt["best_val"]), ckpt["stopped"], ckpt["result"]
         if start > cfg["epochs"]:
-            raise ValueError(f"--epochs: {arm} seed {seed} already has {start} epochs in {ctx.out}; "
+            raise ValueError(f"--epochs: {spec.name} already has {start} epochs in {ctx.out}; "
                              f"pass --epochs {start} or more to resume it")
-    name = f"{arm} seed {seed}"
-    if start >= cfg["epochs"]:
-        ctx.progress.log(f"[{name}] finished earlier ({start} epochs), skipped")
-        return {"metrics": metrics, "config": config, "path_gap": _models.path_difference(model)}
+        if stopped == "cap" and start < cfg["epochs"]:
+            stopped, result = None, None  # a larger cap: train on
+    if stopped is not None:
+        ctx.progress.log(f"[{spec.name}] finished earlier ({start} epochs, {stopped} stop), skipped")
+        return {"spec": asdict(spec), "config": config, "metrics": metrics, "result": result,
+                "path_gap": _model.path_difference(model)}
     if start:
-        ctx.progress.log(f"[{name}] resuming after epoch {start}")
+        ctx.progress.log(f"[{spec.name}] resuming after epoch {start}")
 
     net = model
     if dist.active:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    B, W = cfg["batch_size"], ctx.train_windows.shape[0]
+    B, N = cfg["batch_size"], task.size(splits.train)
     shard = B // dist.world
-    batches = W // B  # the last incomplete batch is dropped
-    epochs_bar = ctx.progress.epochs(name, start, cfg["epochs"])
+    batches = N // B  # the last incomplete batch is dropped
+    epochs_bar = ctx.progress.epochs(spec.name, start, cfg["epochs"])
+    patience = cfg["patience"]
     for epoch in range(start, cfg["epochs"]):
+        _check_parent(ctx)
         t0 = time.perf_counter()
         net.train()
-        order = epoch_order(W, seed, epoch)
-        total = torch.zeros(2, dtype=torch.float64)  # (sum of per-batch mean losses x chars, chars), this rank
-        bar = ctx.progress.batches(batches)
+        order = _data.epoch_order(N, spec.seed, epoch)
+        total = torch.zeros(2, dtype=torch.float64)  # (sum of per-batch mean losses x count, count), this rank
         for b in range(batches):
             idx = order[b * B + dist.rank * shard: b * B + (dist.rank + 1) * shard]
-            batch = ctx.train_windows[idx].t().to(device)  # (L+1, B/world)
-            logits, _ = net(batch[:-1])  # (L, B/world, V)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[1:].reshape(-1))
+            loss, count = task.loss(net, task.batch(splits.train, idx), device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over ranks: the mean over the global batch
             if cfg["clip"] > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
             optimizer.step()
-            total[0] += float(loss.detach()) * batch[1:].numel()
-            total[1] += batch[1:].numel()
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            total[0] += float(loss.detach()) * count
+            total[1] += count
         if dist.active:
             torch.distributed.all_reduce(total)
         train_loss = float(total[0] / total[1])
-        val_loss = evaluate(model, ctx.val_windows, device)
+        val = task.evaluate(model, splits.val, device)
         seconds = time.perf_counter() - t0
-        row = {"model": arm, "seed": seed, "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-               "val_bpc": val_loss / math.log(2), "seconds": seconds}
+        row = _metric_row(spec, epoch + 1, train_loss, val, seconds, task)
         metrics.append(row)
+        improved = val["loss"] < best_val or best_epoch == 0  # a NaN loss never improves on a number
+        if improved:
+            best_val, best_epoch, bad, best_vals = val["loss"], epoch + 1, 0, dict(val)
+        else:
+            bad += 1
+        if patience and bad >= patience:
+            stopped = "early"
+        elif epoch + 1 == cfg["epochs"]:
+            stopped = "cap"
         state_cpu = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         if dist.main:
-            if val_loss < best_val:
-                atomic_save({"format": CHECKPOINT_FORMAT, "kind": "best", "arm": arm, "seed": seed,
-                             "epoch": epoch + 1, "val_loss": val_loss, "model_config": config,
-                             "vocab": vocab.chars, "model": state_cpu}, best_path)
-            best_val = min(best_val, val_loss)
-            atomic_save({"format": CHECKPOINT_FORMAT, "kind": "last", "arm": arm, "seed": seed, "epoch": epoch + 1,
-                         "model_config": config, "vocab": vocab.chars, "study_config": training_config(cfg),
+            _check_parent(ctx)
+            if improved and best_path is not None:
+                atomic_save({"format": CHECKPOINT_FORMAT, "kind": "best", "arm": spec.arm, "seed": spec.seed,
+                             "epoch": epoch + 1, "val_loss": val["loss"], "val": dict(val), "model_config": config,
+                             "task_info": _task_info(ctx), "model": state_cpu}, best_path)
+            if stopped is not None:
+                result = _finish(ctx, spec, config, metrics, stopped, best_epoch, best_vals, best_path, model)
+            atomic_save({"format": CHECKPOINT_FORMAT, "kind": "last", "arm": spec.arm, "seed": spec.seed,
+                         "epoch": epoch + 1, "spec": asdict(spec), "model_config": config,
+                         "task_info": _task_info(ctx), "study_config": training_config(cfg, task),
                          "model": state_cpu, "optimizer": optimizer.state_dict(), "rng": rng_state(device),
-                         "metrics": metrics, "best_val_loss": best_val}, last_path)
-            ctx.on_epoch(arm, seed, metrics)
-        else:
-            best_val = min(best_val, val_loss)
+                         "metrics": metrics, "best_val_loss": best_val, "best_epoch": best_epoch,
+                         "bad_epochs": bad, "best_val": best_vals, "stopped": stopped, "result": result},
+                        last_path)
+            if ctx.on_epoch is not None:
+                ctx.on_epoch(spec, metrics)
         dist.barrier()
         if epochs_bar is not None:
             epochs_bar.update(1)
-            epochs_bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+            epochs_bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val['loss']:.3f}")
         else:
-            ctx.progress.log(f"[{name}] epoch {epoch + 1}/{cfg['epochs']} train {train_loss:.4f} "
-                             f"val {val_loss:.4f} ({row['val_bpc']:.3f} bpc) {seconds:.1f}s")
+            extra = "".join(f" {c} {val[c]:.3f}" for c in task.columns)
+            ctx.progress.log(f"[{spec.name}] epoch {epoch + 1}/{cfg['epochs']} train {train_loss:.4f} "
+                             f"val {val['loss']:.4f}{extra} {seconds:.1f}s")
         ctx.epochs_done_here += 1
         if ctx.stop_after_epochs is not None and ctx.epochs_done_here >= ctx.stop_after_epochs:
             raise StopRequested(f"stopped after {ctx.epochs_done_here} epochs (stop_after_epochs)")
+        if stopped is not None:
+            break
     if epochs_bar is not None:
         epochs_bar.close()
-        last = metrics[-1]
-        ctx.progress.log(f"[{name}] {last['epoch']} epochs: train {last['train_loss']:.4f} "
-                         f"val {last['val_loss']:.4f} ({last['val_bpc']:.3f} bpc)")
-    return {"metrics": metrics, "config": config, "path_gap": _models.path_difference(model)}
+    if stopped is not None and result is not None:
+        msg = (f"[{spec.name}] {stopped} stop after {len(metrics)} epochs: best validation loss "
+               f"{result['best_val']['loss']:.4f} at epoch {result['best_epoch']}")
+        if "test" in result:
+            msg += f"; test {task.primary.key} {result['test'][task.primary.key]:.4f}"
+        ctx.progress.log(msg)
+    return {"spec": asdict(spec), "config": config, "metrics": metrics, "result": result,
+            "path_gap": _model.path_difference(model)}
 
 
-def training_config(cfg: dict) -> dict:
-    return {k: cfg[k] for k in TRAINING_KEYS}
+def _nan_last(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
+def _task_info(ctx: RunContext) -> dict:
+    """What a checkpoint needs beyond the weights: the task, and for charlm the vocabulary."""
+    info = {"task": ctx.task.name}
+    if ctx.task.name == "charlm":
+        info["vocab"] = ctx.data.payload["splits"].vocab.chars
+    return info
+
+
+def _finish(ctx: RunContext, spec: RunSpec, config: dict, metrics: list[dict], stopped: str, best_epoch: int,
+            best_vals: dict, best_path: str | None, model: nn.Module) -> dict:
+    """The run's result; for a final run the test metrics, measured once on its best-validation weights."""
+    result = {"stopped": stopped, "epochs": len(metrics), "best_epoch": best_epoch, "best_val": dict(best_vals),
+              "final_train_loss": metrics[-1]["train_loss"]}
+    if spec.phase == "final":
+        best = _model.build_model(config).to(ctx.dist.device)
+        best.load_state_dict(load_checkpoint(best_path)["model"])
+        test = ctx.task.evaluate(best, ctx.splits(spec.seed).test, ctx.dist.device)
+        result["test"] = test
+        result["success"] = ctx.task.success(test)
+    return result
+
+
+# -- parallel runs -------------------------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _worker_init(cfg: dict, out: str, quiet: bool, parent_pid: int) -> None:
+    torch.set_num_threads(cfg.get("threads") or 1)
+    warnings.filterwarnings("ignore", message=_LSTMP_WARNING)
+    task = get_task(cfg["task"])
+    data = task.load(cfg)
+    if cfg["device"] == "cpu":
+        _backends.prepare()
+    _WORKER["ctx"] = RunContext(cfg, out, task, data, Dist(), _Progress(not quiet, 0, bars=False),
+                                parent_pid=parent_pid)
+
+
+def _worker_run(spec: RunSpec, resume: bool) -> dict:
+    return train_one(_WORKER["ctx"], spec, resume)
+
+
+def run_all(ctx: RunContext, specs: list[RunSpec], resume: bool, jobs: int, quiet: bool, on_done,
+            cost: dict | None = None) -> None:
+    """Train every run of ``specs``: one after another in this process, or ``jobs`` at a time in spawned
+    worker processes, the costliest arms first (``cost``: arm -> a size, e.g. its parameter count) so that
+    the last runs to finish are short ones. ``on_done(result)`` is called here, in the parent, as each run
+    ends. The order changes no result: every run is independent and seeded."""
+    if jobs <= 1 or ctx.dist.active or ctx.stop_after_epochs is not None or len(specs) <= 1:
+        for spec in specs:
+            on_done(train_one(ctx, spec, resume))
+        return
+    if cost:
+        specs = sorted(specs, key=lambda s: -cost.get(s.arm, 0))  # stable: seeds and trials keep their order
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    mp = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=mp, initializer=_worker_init,
+                             initargs=(ctx.cfg, ctx.out, quiet, os.getpid())) as pool:
+        pending = {pool.submit(_worker_run, spec, resume) for spec in specs}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    on_done(f.result())
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
 
 
 # -- the whole study ---------------------------------------------------------------------------------------------
@@ -352,8 +523,9 @@ def _package_versions() -> dict:
     from importlib import metadata
 
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
-                "platform": platform.platform()}
-    for dist_name in ("cerebral-rnn", "tqdm", "matplotlib"):
+                "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count()}
+    for dist_name in ("cerebral-rnn", "tqdm", "matplotlib", "scipy", "scikit-learn"):
         try:
             versions[dist_name] = metadata.version(dist_name)
         except metadata.PackageNotFoundError:
@@ -366,19 +538,19 @@ def _package_versions() -> dict:
 
 def _remove_stale_temporaries(out: str) -> None:
     """Temporary files left by a process killed inside atomic_save / atomic_write_text."""
-    for folder in (out, os.path.join(out, "checkpoints")):
+    for folder in (out, os.path.join(out, "checkpoints"), os.path.join(out, "checkpoints", "tune")):
+        if not os.path.isdir(folder):
+            continue
         for name in os.listdir(folder):
             stem, _, suffix = name.rpartition(".tmp")
             if stem and suffix.isdigit():
                 os.remove(os.path.join(folder, name))
 
 
-def _check_previous_run(out: str, resume: bool, cfg: dict, corpus_sha: str) -> None:
-    import json
-
+def _check_previous_run(out: str, resume: bool, cfg: dict, task: Task, data_id: str | None) -> None:
     manifest = os.path.join(out, "manifest.json")
     ckpt_dir = os.path.join(out, "checkpoints")
-    has_ckpts = os.path.isdir(ckpt_dir) and any(n.endswith(".pt") for n in os.listdir(ckpt_dir))
+    has_ckpts = os.path.isdir(ckpt_dir) and any(n.endswith(".pt") for _, _, fs in os.walk(ckpt_dir) for n in fs)
     if not resume:
         if os.path.exists(manifest) or has_ckpts:
             raise ValueError(f"--out: {out} already holds a run; pass --resume to continue it, or choose another "
@@ -390,39 +562,54 @@ def _check_previous_run(out: str, resume: bool, cfg: dict, corpus_sha: str) -> N
         return
     with open(manifest, encoding="utf-8") as f:
         old = json.load(f)
-    prev, now = dict(old["config"]), training_config(cfg)
-    diffs = [f"{k}: {prev.get(k)!r} in the manifest, {now[k]!r} now" for k in TRAINING_KEYS if prev.get(k) != now[k]]
-    if old["corpus"]["sha256"] != corpus_sha:
-        diffs.append(f"corpus sha256: {old['corpus']['sha256'][:16]}… in the manifest, {corpus_sha[:16]}… now")
+    prev, now = dict(old.get("config", {})), training_config(cfg, task)
+    diffs = [f"{k}: {prev.get(k)!r} in the manifest, {now[k]!r} now" for k in now if prev.get(k) != now[k]]
+    if old.get("data_id") != data_id:
+        diffs.append(f"data: {str(old.get('data_id'))[:16]}… in the manifest, {str(data_id)[:16]}… now")
     if diffs:
         raise ValueError(f"--resume: the config differs from the run in {out} ({'; '.join(diffs)}); "
                          f"resume with the same settings or choose another --out")
 
 
+def _data_id(task: Task, data: TaskData) -> str:
+    """A fingerprint of the task's data (corpus or CSV sha256, or the generated data's description)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(data.describe, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def reproduce(cfg: dict, out: str, resume: bool = False, quiet: bool = False,
               stop_after_epochs: int | None = None) -> dict:
-    """Run the study described by ``cfg`` into ``out``; returns {"rows": metrics rows, "info": summary info}.
+    """Run the study described by ``cfg`` into ``out``; returns {"runs": run results, "info": summary info}.
 
-    ``cfg`` keys: corpus (path or None), encoding, max_chars (None for all), hidden, embedding, seq_len,
-    batch_size, lr, clip, epochs, seeds (how many: seeds 0..n-1), models (arm names), device, threads (None:
-    torch's default).
+    ``cfg`` keys (see ``cerebral-rnn reproduce --help``): task, the task's own keys, split (three fractions),
+    hidden, embedding, batch_size, lr, clip, epochs (the cap), patience, seeds (how many: seeds 0..n-1),
+    models (arm names), tune (trials per arm, 0 = none), lr_range, tune_forget_bias, min_effect (None: the
+    task's default), jobs, device, threads (None: torch's default; 1 in worker processes).
     """
     threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     try:
-        return _reproduce(cfg, out, resume, quiet, stop_after_epochs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_LSTMP_WARNING)
+            return _reproduce(cfg, out, resume, quiet, stop_after_epochs)
     finally:
         torch.set_num_threads(threads)
 
 
 def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs: int | None) -> dict:
-    import json
-
     from . import report as _report
 
     t_start = time.perf_counter()
-    _models.check_arms(list(cfg["models"]))
+    task = get_task(cfg["task"])
+    arms = _arms.check_arms(list(cfg["models"]))
+    if cfg["seeds"] > TUNE_SEED0:
+        raise ValueError(f"--seeds: at most {TUNE_SEED0} (tuning trials use seeds from {TUNE_SEED0} on)")
+    if cfg["tune"]:
+        lo, hi = cfg["lr_range"]
+        if not (0 < lo < hi):
+            raise ValueError(f"--lr-range: expected 0 < LOW < HIGH, got {lo},{hi}")
     try:
         import matplotlib  # noqa: F401 - needed at the end for loss_curves.png; fail before training, not after
     except ImportError:
@@ -431,91 +618,149 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
     dist = setup_distributed(cfg["device"])
     if cfg["batch_size"] % dist.world:
         raise ValueError(f"--batch-size: {cfg['batch_size']} is not divisible by the {dist.world} processes")
-    corpus = _corpus.load_corpus(cfg["corpus"], cfg["encoding"], cfg["max_chars"])
-    splits = _corpus.split(corpus, cfg["seq_len"], cfg["batch_size"])
+    data = task.load(cfg)
+    data_id = _data_id(task, data)
     # Compiled backends are built on first use (once per machine): do it here, outside every epoch's timing.
     compiled_backends = _backends.prepare() if cfg["device"] == "cpu" else {}
-    train_w = _corpus.windows(splits.train, cfg["seq_len"])
-    val_w = _corpus.windows(splits.val, cfg["seq_len"])
-    _check_previous_run(out, resume, cfg, corpus.sha256)
+    _check_previous_run(out, resume, cfg, task, data_id)
     dist.barrier()  # every rank has looked at --out before rank 0 writes into it
     seeds = list(range(cfg["seeds"]))
-    arms = list(cfg["models"])
-    V = len(splits.vocab)
-    configs = {a: _models.model_config(a, V, cfg["embedding"], cfg["hidden"]) for a in arms}
-    params = {a: _models.count_parameters(a, V, cfg["embedding"], c["width"]) for a, c in configs.items()}
-    train_chars = (train_w.shape[0] // cfg["batch_size"]) * cfg["batch_size"] * cfg["seq_len"]
+    io = data.io
+    configs = {a: _model.model_config(a, io, cfg["hidden"], task.name) for a in arms}
+    params = {a: _model.count_parameters(a, io, c["width"]) for a, c in configs.items()}
+    delta = cfg["min_effect"] if cfg.get("min_effect") is not None else task.default_delta(cfg)
+    jobs = 1 if dist.active else max(1, int(cfg.get("jobs") or 1))
     manifest = {
         "command": "cerebral-rnn reproduce", "argv": sys.argv, "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {**cfg, "models": arms}, "seeds": seeds, "world_size": dist.world,
-        "torch_threads": torch.get_num_threads(), "compiled_backends": compiled_backends,
-        "versions": _package_versions(), "corpus": corpus.describe(),
-        "data": {"vocab_size": V, "train_characters": int(splits.train.numel()),
-                 "val_characters": int(splits.val.numel()), "train_windows": int(train_w.shape[0]),
-                 "val_windows": int(val_w.shape[0]), "train_characters_per_epoch": int(train_chars),
-                 "unknown_in_val": int((splits.val == 0).sum())},
-        "arms": {a: {"description": _models.ARMS[a], "width": configs[a]["width"], "parameters": params[a]}
-                 for a in arms},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "task": task.name,
+        "config": {**cfg, "models": arms}, "seeds": seeds, "world_size": dist.world, "jobs": jobs,
+        "torch_threads": torch.get_num_threads() if jobs == 1 else (cfg.get("threads") or 1),
+        "compiled_backends": compiled_backends, "versions": _package_versions(), "data": data.describe,
+        "data_id": data_id, "min_effect": delta,
+        "arms": {a: {"description": _arms.ARMS[a].description, "width": configs[a]["width"],
+                     "parameters": params[a]} for a in arms},
     }
+    if task.name == "charlm":
+        manifest["corpus"] = data.describe["corpus"]
     manifest_path = os.path.join(out, "manifest.json")
+
+    def write_manifest() -> None:
+        if dist.main:
+            atomic_write_text(json.dumps(manifest, indent=2, default=str) + "\n", manifest_path)
+
     if dist.main:
-        os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+        os.makedirs(os.path.join(out, "checkpoints", "tune"), exist_ok=True)
         _remove_stale_temporaries(out)
-        atomic_write_text(json.dumps(manifest, indent=2) + "\n", manifest_path)
+    write_manifest()
     dist.barrier()
 
-    store: dict[tuple[str, int], list[dict]] = {}
-    metrics_path = os.path.join(out, "metrics.csv")
-
-    def on_epoch(arm: str, seed: int, metrics: list[dict]) -> None:
-        store[(arm, seed)] = list(metrics)
-        atomic_write_text(_report.metrics_csv([r for m in store.values() for r in m]), metrics_path)
-
-    progress = _Progress(enabled=not quiet and dist.main, total_runs=len(arms) * len(seeds))
-    ctx = RunContext(cfg, out, splits, train_w, val_w, dist, progress, on_epoch, stop_after_epochs)
-    # Metrics of runs finished or started earlier, so metrics.csv is whole from the first epoch on.
-    if resume:
-        for arm in arms:
-            for seed in seeds:
-                path = checkpoint_paths(out, arm, seed)[0]
-                if os.path.exists(path):
-                    store[(arm, seed)] = list(load_checkpoint(path)["metrics"])
+    store: dict[tuple, list[dict]] = {}  # (phase, arm, seed) -> per-epoch rows
+    results: dict[tuple, dict] = {}  # (phase, arm, seed) -> run result
     gaps: dict[str, list[float]] = {}
+    paths = {k: os.path.join(out, f"{k}.csv") for k in ("metrics", "tuning_metrics", "runs")}
+
+    def write_tables() -> None:
+        if not dist.main:
+            return
+        rows = [r for (ph, _, _), m in store.items() if ph == "final" for r in m]
+        atomic_write_text(_report.metrics_csv(rows, task), paths["metrics"])
+        if cfg["tune"]:
+            trows = [r for (ph, _, _), m in store.items() if ph == "tune" for r in m]
+            atomic_write_text(_report.metrics_csv(trows, task, tuning=True), paths["tuning_metrics"])
+        atomic_write_text(_report.runs_csv(list(results.values()), task, params), paths["runs"])
+
+    def on_epoch(spec: RunSpec, metrics: list[dict]) -> None:
+        store[(spec.phase, spec.arm, spec.seed)] = list(metrics)
+        write_tables()
+
+    n_runs = len(arms) * (len(seeds) + cfg["tune"])
+    progress = _Progress(enabled=not quiet and dist.main, total_runs=n_runs, bars=jobs == 1)
+    ctx = RunContext(cfg, out, task, data, dist, progress, on_epoch if jobs == 1 else None, stop_after_epochs)
+
+    def on_done(res: dict) -> None:
+        spec = res["spec"]
+        key = (spec["phase"], spec["arm"], spec["seed"])
+        store[key] = list(res["metrics"])
+        if res["result"] is not None:
+            results[key] = {"spec": spec, "result": res["result"], "width": res["config"]["width"]}
+        if spec["phase"] == "final" and res["path_gap"] is not None:
+            gaps.setdefault(spec["arm"], []).append(res["path_gap"])
+        write_tables()
+        progress.run_done()
+
     try:
-        for arm in arms:
-            for seed in seeds:
-                result = train_one(ctx, arm, seed, resume)
-                store[(arm, seed)] = result["metrics"]
-                if result["path_gap"] is not None:
-                    gaps.setdefault(arm, []).append(result["path_gap"])
-                progress.run_done()
+        # 1. tuning: every arm, the same N settings
+        chosen: dict[str, dict] = {}
+        settings = tuning_settings(cfg["tune"], cfg["lr_range"], cfg["tune_forget_bias"]) if cfg["tune"] else []
+        if settings:
+            specs = [RunSpec("tune", a, s["seed"], s["lr"], s["forget_bias"], s["trial"]) for a in arms
+                     for s in settings]
+            progress.log(f"tuning: {len(settings)} trials per arm, {len(specs)} runs")
+            run_all(ctx, specs, resume, jobs, quiet, on_done, params)
+            trials = {a: [] for a in arms}
+            for (ph, a, _), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[1]["spec"]["trial"])):
+                if ph == "tune":
+                    rr = r["result"]
+                    trials[a].append({**{k: r["spec"][k] for k in ("trial", "seed", "lr", "forget_bias")},
+                                      "epochs": rr["epochs"], "stopped": rr["stopped"],
+                                      "best_epoch": rr["best_epoch"], "best_val": rr["best_val"]})
+            if dist.main:
+                for a in arms:
+                    best = min(trials[a], key=lambda t: (_nan_last(t["best_val"]["loss"]), t["trial"]))
+                    chosen[a] = {"lr": best["lr"], "forget_bias": best["forget_bias"], "trial": best["trial"]}
+            if dist.active:  # every rank trains with rank 0's choice
+                box = [chosen]
+                torch.distributed.broadcast_object_list(box, src=0)
+                chosen = box[0]
+            manifest["tuning"] = {"trials_per_arm": cfg["tune"], "lr_range": list(cfg["lr_range"]),
+                                  "forget_bias_tuned": bool(cfg["tune_forget_bias"]),
+                                  "draw_seed": TUNE_DRAW_SEED, "settings": settings, "trials": trials,
+                                  "chosen": chosen}
+            write_manifest()
+        else:
+            chosen = {a: {"lr": cfg["lr"], "forget_bias": None, "trial": None} for a in arms}
+        # 2. the final seeds, each arm with its setting
+        specs = [RunSpec("final", a, s, chosen[a]["lr"], chosen[a]["forget_bias"]) for a in arms for s in seeds]
+        if resume:  # metrics of runs finished or started earlier, so metrics.csv is whole from the start
+            for spec in specs:
+                p = spec.paths(out)[0]
+                if os.path.exists(p):
+                    store[(spec.phase, spec.arm, spec.seed)] = list(load_checkpoint(p)["metrics"])
+        run_all(ctx, specs, resume, jobs, quiet, on_done, params)
     finally:
         progress.close()
-    rows = [r for m in store.values() for r in m]
-    info = {"arms": arms, "seeds": seeds, "params": params, "widths": {a: c["width"] for a, c in configs.items()},
-            "train_chars_per_epoch": train_chars, "config": cfg, "corpus": corpus.describe(), "vocab_size": V,
-            "path_gaps": gaps, "wall_seconds": time.perf_counter() - t_start, "world_size": dist.world}
+    info = {"task": task, "arms": arms, "seeds": seeds, "params": params,
+            "widths": {a: c["width"] for a, c in configs.items()}, "config": cfg, "data": data,
+            "path_gaps": gaps, "world_size": dist.world, "jobs": jobs, "chosen": chosen,
+            "tuning": manifest.get("tuning"), "min_effect": delta}
+    final_results = [r for (ph, _, _), r in results.items() if ph == "final"]
     if dist.main:
-        atomic_write_text(_report.metrics_csv(rows), metrics_path)
-        _report.plot_curves(rows, os.path.join(out, "loss_curves.png"), arms)
-        atomic_write_text(_samples(out, arms, seeds, splits), os.path.join(out, "samples.txt"))
+        write_tables()
+        rows = [r for (ph, _, _), m in store.items() if ph == "final" for r in m]
+        _report.plot_curves(rows, os.path.join(out, "loss_curves.png"), arms, task)
+        if task.name == "charlm":
+            atomic_write_text(_samples(out, arms, seeds, data), os.path.join(out, "samples.txt"))
         info["wall_seconds"] = time.perf_counter() - t_start
-        atomic_write_text(_report.summary_markdown(rows, info), os.path.join(out, "summary.md"))
+        text, claims = _report.summary_markdown(rows, final_results, info)
+        atomic_write_text(text, os.path.join(out, "summary.md"))
         manifest.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         wall_seconds_this_invocation=info["wall_seconds"],
-                        symmetry_max_path_difference={a: max(v) for a, v in gaps.items()})
-        atomic_write_text(json.dumps(manifest, indent=2) + "\n", manifest_path)
+                        symmetry_max_path_difference={a: max(v) for a, v in gaps.items()},
+                        runs=sorted(final_results, key=lambda r: (r["spec"]["arm"], r["spec"]["seed"])),
+                        claims=claims)
+        write_manifest()
         progress.log(f"done in {info['wall_seconds']:.0f} s; outputs in {out}")
+        for line in _report.verdict_lines(claims):
+            progress.log(line)
     dist.barrier()
-    return {"rows": rows, "info": info}
+    return {"runs": final_results, "info": info}
 
 
-def _samples(out: str, arms: list[str], seeds: list[int], splits: _corpus.Splits) -> str:
+def _samples(out: str, arms: list[str], seeds: list[int], data: TaskData) -> str:
     """Text from each arm's best checkpoint (lowest validation loss over its seeds)."""
     from . import report as _report
 
-    prime = splits.val_text[:SAMPLE_PRIME_CHARS]
+    prime = data.payload["splits"].val_text[:SAMPLE_PRIME_CHARS]
     parts = [(f"Samples: prime = the first {len(prime)} characters of the validation part, "
               f"{SAMPLE_LENGTH} characters sampled at temperature {SAMPLE_TEMPERATURE}, seed 0.\n")]
     for arm in arms:
