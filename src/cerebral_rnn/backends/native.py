@@ -255,7 +255,7 @@ class NativeBackend:
 
     name = "native"
     kinds = ("lstm", "peephole", "gru")
-    chunk_rows = 256  # rows (steps x batch) of the input projection per GEMM in inference
+    chunk_rows = 1024  # rows (steps x batch) of the input projection per GEMM in inference
     # The GEMM of the recurrence, forward and backward: None picks by measurement (see _modes); "own" (the
     # fused register-blocked kernels), "addmm" or "onednn" force one (tests use this to cover every route).
     gemm: str | None = None
