@@ -21,6 +21,8 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cstdint>
 #include <optional>
 #include <type_traits>
@@ -337,7 +339,7 @@ template <typename T, int KIND>
 int64_t fwd_group_rows(int64_t K) {
   constexpr int MR = fwd_mr<KIND>();
   const int64_t bytes = K * gates<KIND>() * static_cast<int64_t>(sizeof(Vec<T>));
-  return std::max<int64_t>(MR, (24 * 1024 / bytes) / MR * MR);
+  return std::max<int64_t>(MR, 24 * 1024 / bytes);
 }
 
 // One step for the unit blocks [u0, u1), every batch row: per group of rows, every path's GEMM (register blocks
@@ -347,7 +349,9 @@ void fwd_units(const Dir<T>& a, int64_t t, int64_t gs, int64_t cp, int64_t cn, i
                Vec<T>* scratch) {
   constexpr int MR = fwd_mr<KIND>();
   constexpr int G = gates<KIND>();
-  const int64_t RG = std::min<int64_t>(fwd_group_rows<T, KIND>(a.K), (a.B + MR - 1) / MR * MR);
+  // groups of equal size (B = 64 with at most 30 rows a group: 32 + 32, not 30 + 30 + 4)
+  const int64_t ngroups = (a.B + fwd_group_rows<T, KIND>(a.K) - 1) / fwd_group_rows<T, KIND>(a.K);
+  const int64_t RG = (a.B + ngroups - 1) / ngroups;
   const int64_t kstride = RG * G;
   for (int64_t u = u0; u < u1; ++u) {
     for (int64_t g0 = 0; g0 < a.B; g0 += RG) {
@@ -597,40 +601,89 @@ void bwd_gemm_units(const Dir<T>& a, int64_t t, const T* dyp, int64_t u0, int64_
 }
 
 // ---- threads -------------------------------------------------------------------------------------------------
-// A time loop runs in one OpenMP parallel region (torch's OpenMP runtime, so torch.set_num_threads applies):
-// thread i owns a contiguous range of unit blocks and computes every path's gates, cell states and h for them;
-// one barrier per step (h_t must be complete before step t+1 reads it). With one thread no region is opened.
-inline int64_t block_begin(int64_t nub, int64_t nt, int64_t i) { return nub * i / nt; }
+// A time loop runs in one OpenMP parallel region (torch's OpenMP runtime, so torch.set_num_threads applies) as a
+// sequence of phases (a forward step; a backward step's pointwise part, then its GEMM), each a set of items (unit
+// blocks) that may run in any order. Thread i owns a contiguous range of the items (so the weight panels of its
+// units stay in its caches) and claims them in chunks; a thread done with its range takes what is left of the
+// others'. A phase starts when every item of the previous one is done. Unlike a barrier, no thread has to arrive:
+// where a thread is descheduled (the CPUs are shared with other processes), the others finish the phase without
+// it, and wait only for an item it had claimed. With one thread no region is opened.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
-template <typename F>
-void run_threads(int64_t nt, const F& body) {
+struct alignas(64) Counter {
+  std::atomic<int64_t> v{0};
+};
+
+inline void wait_until(const std::atomic<int64_t>& v, int64_t target) {
+  int spins = 0;
+  while (v.load(std::memory_order_acquire) < target) {
+    if (++spins < 256) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();  // waited long: the thread we wait for may need this CPU
+      spins = 0;
+    }
+  }
+}
+
+// body(phase, item0, item1, tid) computes items [item0, item1) of a phase; grain(phase): items a claim takes.
+template <typename Body, typename Grain>
+void run_phases(int64_t nt, int64_t nphases, int64_t nitems, const Grain& grain, const Body& body) {
 #ifdef _OPENMP
-  if (nt > 1) {
+  if (nt > 1 && nitems > 1) {
+    const int64_t maxt = std::max<int64_t>(nt, omp_get_max_threads());
+    std::vector<Counter> pos(maxt);  // claims in each thread's range, counted over every phase
+    Counter done;                    // items done, counted over every phase
 #pragma omp parallel
-    { body(static_cast<int64_t>(omp_get_thread_num()), static_cast<int64_t>(omp_get_num_threads())); }
+    {
+      const int64_t tn = std::min<int64_t>(omp_get_num_threads(), maxt), tid = omp_get_thread_num();
+      if (tid < tn) {
+        for (int64_t p = 0; p < nphases; ++p) {
+          wait_until(done.v, p * nitems);
+          const int64_t g = grain(p);
+          for (int64_t j = 0; j < tn; ++j) {  // own range first, then the others'
+            const int64_t r = (tid + j) % tn;
+            const int64_t lo = nitems * r / tn, len = nitems * (r + 1) / tn - lo, end = (p + 1) * len;
+            int64_t c = pos[r].v.load(std::memory_order_relaxed);
+            while (c < end) {
+              const int64_t take = std::min(g, end - c);
+              if (!pos[r].v.compare_exchange_weak(c, c + take, std::memory_order_acq_rel)) continue;
+              const int64_t i0 = lo + c - p * len;
+              body(p, i0, i0 + take, tid);
+              done.v.fetch_add(take, std::memory_order_acq_rel);
+              c = pos[r].v.load(std::memory_order_relaxed);
+            }
+          }
+        }
+      }
+    }
     return;
   }
 #endif
-  body(0, 1);
-}
-
-inline void barrier(int64_t nt) {
-#ifdef _OPENMP
-  if (nt > 1) {
-#pragma omp barrier
-  }
-#endif
+  for (int64_t p = 0; p < nphases; ++p) body(p, 0, nitems, 0);
 }
 
 // ---- packing --------------------------------------------------------------------------------------------------
 // Forward panels of one path's W_hh (G H, H): (nub, H, G, V), element [u][m][g][l] = W[g H + u V + l][m],
 // zero where u V + l >= H.
+// Unit blocks per thread when packing in parallel: at least 2^17 elements, so that small weights are packed by
+// the calling thread without waking the others.
+inline int64_t pack_grain(int64_t per_block) {
+  return std::max<int64_t>(1, ((int64_t(1) << 17) + per_block - 1) / per_block);
+}
+
 template <typename T>
 void pack_fwd_impl(const T* __restrict w, T* __restrict p, int64_t G, int64_t H, int64_t V) {
   // transposed in tiles of 16 columns m x V units, so that reads and writes are both whole cache lines
   constexpr int64_t MB = 16;
   const int64_t nub = (H + V - 1) / V;
-  at::parallel_for(0, nub, 1, [&](int64_t u0, int64_t u1) {
+  at::parallel_for(0, nub, pack_grain(G * H * V), [&](int64_t u0, int64_t u1) {
     std::vector<T> tile(MB * V);
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t n = std::min<int64_t>(V, H - u * V);
@@ -666,7 +719,7 @@ Tensor pack_fwd(const Tensor& w, int64_t G, int64_t H, int64_t V) {
 template <typename T>
 void pack_bwd_impl(const T* __restrict w, T* __restrict p, int64_t GH, int64_t H, int64_t V) {
   const int64_t nub = (H + V - 1) / V;
-  at::parallel_for(0, nub, 1, [&](int64_t u0, int64_t u1) {
+  at::parallel_for(0, nub, pack_grain(GH * V), [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t n = std::min<int64_t>(V, H - u * V);
       for (int64_t m = 0; m < GH; ++m) {
@@ -731,6 +784,33 @@ struct Layer {
   int64_t kind, K, T_, B, I, H, D, G;
 };
 
+// ---- per-path operands of one direction ----------------------------------------------------------------------
+// Made at every call (a cache keyed by parameter versions would miss in-place writes through .data). Per path k,
+// 5 tensors: W_ih's rows (a view or an own copy, path_operands), the input-side bias (b_ih + b_hh for
+// LSTM kinds, b_ih for the GRU), GRU's b_hh, the peephole weights, and W_hh packed into forward panels (own GEMM);
+// undefined where absent.
+template <typename T, int KIND>
+std::vector<Tensor> prepare_dir(int64_t K, int64_t H, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
+                                const Tensor& b_hh, const Tensor& peep, bool own) {
+  constexpr int V = Vec<T>::size();
+  constexpr int G = gates<KIND>();
+  const int64_t GH = G * H;
+  std::vector<Tensor> wih = path_operands(w_ih, K, GH), out;
+  Tensor b;
+  if (KIND != GRU && (b_ih.defined() || b_hh.defined()))
+    b = b_ih.defined() && b_hh.defined() ? b_ih + b_hh : (b_ih.defined() ? b_ih : b_hh);
+  else if (KIND == GRU)
+    b = b_ih;
+  for (int64_t k = 0; k < K; ++k) {
+    out.push_back(wih[k]);
+    out.push_back(b.defined() ? own_rows(b, k, GH) : Tensor());
+    out.push_back(KIND == GRU && b_hh.defined() ? own_rows(b_hh, k, GH) : Tensor());
+    out.push_back(KIND == PEEPHOLE ? own_rows(peep, k, 3 * H) : Tensor());
+    out.push_back(own ? pack_fwd(w_hh.narrow(0, k * GH, GH), G, H, V) : Tensor());
+  }
+  return out;
+}
+
 // ---- forward -------------------------------------------------------------------------------------------------
 template <typename T, int KIND>
 std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& h0, const Tensor& c0,
@@ -759,30 +839,24 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
     Tensor h0d = h0[d].contiguous();
     a.h0 = h0d.data_ptr<T>();
     a.y = y.data_ptr<T>();
-    std::vector<Tensor> keep;  // buffers alive for this direction
-    std::vector<Tensor> wih = path_operands(w_ih[d], K, GH), bx(K), whh_lib(K), packed(K), bh_t(K), gx(K), gh(K),
-                        cst(K);
+    const std::vector<Tensor> prep =
+        prepare_dir<T, KIND>(K, H, w_ih[d], w_hh[d], b_ih[d], b_hh[d], peep[d], mode == GEMM_OWN);
+    std::vector<Tensor> wih(K), bx(K), whh_lib(K), packed(K), bh_t(K), gx(K), gh(K), cst(K);
     for (int64_t k = 0; k < K; ++k) {
-      if (KIND == GRU) {
-        if (b_ih[d].defined()) bx[k] = own_rows(b_ih[d], k, GH);
-        if (b_hh[d].defined()) bh_t[k] = own_rows(b_hh[d], k, GH);
-      } else if (b_ih[d].defined() || b_hh[d].defined()) {
-        Tensor b = b_ih[d].defined() && b_hh[d].defined() ? b_ih[d] + b_hh[d] : (b_ih[d].defined() ? b_ih[d] : b_hh[d]);
-        bx[k] = own_rows(b, k, GH);
-      }
-      Tensor whk = w_hh[d].narrow(0, k * GH, GH);
+      wih[k] = prep[k * 5];
+      bx[k] = prep[k * 5 + 1];
+      bh_t[k] = prep[k * 5 + 2];
+      const Tensor& pk = prep[k * 5 + 3];
       if (a.own) {
-        Tensor p = pack_fwd(whk.contiguous(), G, H, V);
-        keep.push_back(p);
-        a.pf.push_back(p.data_ptr<T>());
+        a.pf.push_back(prep[k * 5 + 4].data_ptr<T>());
       } else {
+        Tensor whk = w_hh[d].narrow(0, k * GH, GH);
         whh_lib[k] = whk.t().contiguous();  // (H, G H), own buffer
         if (mode == GEMM_ONEDNN) packed[k] = onednn_pack(whk.clone(at::MemoryFormat::Contiguous), B);
       }
-      a.bh.push_back(KIND == GRU && bh_t[k].defined() ? bh_t[k].data_ptr<T>() : nullptr);
+      a.bh.push_back(bh_t[k].defined() ? bh_t[k].data_ptr<T>() : nullptr);
       a.bx.push_back(bx[k].defined() ? bx[k].data_ptr<T>() : nullptr);  // added in the kernel, not by the GEMM
-      a.peep.push_back(KIND == PEEPHOLE ? (keep.push_back(own_rows(peep[d], k, 3 * H)), keep.back().data_ptr<T>())
-                                        : nullptr);
+      a.peep.push_back(pk.defined() ? pk.data_ptr<T>() : nullptr);
       gx[k] = at::empty({n, B, GH}, opt);
       a.gx.push_back(gx[k].data_ptr<T>());
       if (KIND == GRU && !a.own) {
@@ -799,6 +873,9 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
       }
     }
 
+    // Items a claim takes in a forward step: two unit blocks where a thread has several (the second's weight panels
+    // are prefetched while the first runs), else one.
+    auto fwd_grain = [&](int64_t) -> int64_t { return nub >= 4 * nt ? 2 : 1; };
     // Per-thread accumulators of a group of rows (fwd_units).
     const int64_t per_thread = K * fwd_group_rows<T, KIND>(K) * G * V;
     Tensor scratch = at::empty({std::max<int64_t>(nt, at::get_num_threads()) * per_thread}, opt);
@@ -835,13 +912,9 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
         at::mm_out(g2, x2, wih[k].t());
       }
       if (a.own) {
-        run_threads(nt, [&](int64_t tid, int64_t tn) {
-          const int64_t u0 = block_begin(nub, tn, tid), u1 = block_begin(nub, tn, tid + 1);
-          for (int64_t s = 0; s < T_; ++s) {
-            const int64_t t = a.time(s);
-            fwd_units<T, KIND>(a, t, t, a.slot_prev(t), a.slot_new(t), u0, u1, scratch_of(tid));
-            barrier(tn);
-          }
+        run_phases(nt, T_, nub, fwd_grain, [&](int64_t s, int64_t u0, int64_t u1, int64_t tid) {
+          const int64_t t = a.time(s);
+          fwd_units<T, KIND>(a, t, t, a.slot_prev(t), a.slot_new(t), u0, u1, scratch_of(tid));
         });
       } else {
         for (int64_t s = 0; s < T_; ++s) {
@@ -864,13 +937,9 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
           at::mm_out(g2, xc, wih[k].t());
         }
         if (a.own) {
-          run_threads(nt, [&](int64_t tid, int64_t tn) {
-            const int64_t u0 = block_begin(nub, tn, tid), u1 = block_begin(nub, tn, tid + 1);
-            for (int64_t qq = 0; qq < m; ++qq) {
-              const int64_t tl = a.reverse ? m - 1 - qq : qq;
-              fwd_units<T, KIND>(a, s0 + tl, tl, 0, 0, u0, u1, scratch_of(tid));
-              barrier(tn);
-            }
+          run_phases(nt, m, nub, fwd_grain, [&](int64_t qq, int64_t u0, int64_t u1, int64_t tid) {
+            const int64_t tl = a.reverse ? m - 1 - qq : qq;
+            fwd_units<T, KIND>(a, s0 + tl, tl, 0, 0, u0, u1, scratch_of(tid));
           });
         } else {
           for (int64_t qq = 0; qq < m; ++qq) {
@@ -978,13 +1047,16 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
     };
 
     if (a.own) {
-      run_threads(nt, [&](int64_t tid, int64_t tn) {
-        const int64_t u0 = block_begin(nub, tn, tid), u1 = block_begin(nub, tn, tid + 1);
-        for (int64_t s = 0; s < T_; ++s) {
-          const int64_t t = a.time(T_ - 1 - s);  // backward walks the direction's steps in reverse
+      // phases 2s (pointwise part) and 2s + 1 (dh_prev GEMM) of backward step s, walking the direction's steps
+      // in reverse
+      auto grain = [&](int64_t p) -> int64_t { return p % 2 ? BWD_NR : 1; };
+      run_phases(nt, 2 * T_, nub, grain, [&](int64_t p, int64_t u0, int64_t u1, int64_t) {
+        const int64_t st = T_ - 1 - p / 2;
+        const int64_t t = a.time(st);
+        if (p % 2 == 0) {
           for (int64_t u = u0; u < u1; ++u) bwd_pointwise<T, KIND>(a, t, u);
-          barrier(tn);
-          bwd_gemm_units<T, KIND>(a, t, dy_prev(T_ - 1 - s), u0, u1);
+        } else {
+          bwd_gemm_units<T, KIND>(a, t, dy_prev(st), u0, u1);
         }
       });
     } else {
