@@ -1086,15 +1086,23 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
     if (cell && n_c0)
       for (int64_t k = 0; k < K; ++k) dc0[d].narrow(1, k * H, H).copy_(dcs[k]);
 
-    // Gradients of the parameters and of x: one GEMM (or reduction) per path over every step.
-    std::vector<Tensor> gw_ih, gw_hh, gb_x, gb_h, gp;
-    const bool cat_x = n_wih, cat_h = n_whh;
+    keep.clear();  // the packed panels are not needed any more: free them before the weight gradients
+    whh_lib.clear();
+    packed.clear();
+
+    // Gradients of the parameters and of x: one GEMM per path over every step. Each path's product goes into a
+    // buffer of its own (the same shape and alignment for every path), copied into the path's rows of the
+    // gradient before the next path's is made.
+    const int64_t I_ = x2.size(1);
+    Tensor gwi = n_wih ? at::empty({K * GH, I_}, opt) : Tensor();
+    Tensor gwh = n_whh ? at::empty({K * GH, H}, opt) : Tensor();
+    std::vector<Tensor> gb_x, gb_h, gp;
     for (int64_t k = 0; k < K; ++k) {
       Tensor gxk = dgx[k].view({T_ * B, GH});
       Tensor ghk = (KIND == GRU ? dgh[k] : dgx[k]).view({T_ * B, GH});
       // (X^T dG)^T rather than dG^T X: MKL runs the tall-skinny product ~1.4x faster this way round
-      if (cat_x) gw_ih.push_back(at::mm(x2.t(), gxk).t());
-      if (cat_h) {
+      if (n_wih) gwi.narrow(0, k * GH, GH).copy_(at::mm(x2.t(), gxk).t());
+      if (n_whh) {
         // h_prev of time t: y at t-1 (forward) / t+1 (reverse), h_0 at the first step
         Tensor yd = y.narrow(2, d * H, H);
         Tensor first = a.reverse ? ghk.narrow(0, (T_ - 1) * B, B) : ghk.narrow(0, 0, B);
@@ -1104,7 +1112,7 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
           Tensor hp = (a.reverse ? yd.narrow(0, 1, T_ - 1) : yd.narrow(0, 0, T_ - 1)).reshape({(T_ - 1) * B, H});
           g.addmm_(hp.t(), rest);
         }
-        gw_hh.push_back(g.t());
+        gwh.narrow(0, k * GH, GH).copy_(g.t());
       }
       if (dbx[k].defined()) gb_x.push_back(dbx[k]);
       if (dbh[k].defined()) gb_h.push_back(dbh[k]);
@@ -1114,8 +1122,6 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
         dx2.addmm_(gxk, wk);
       }
     }
-    Tensor gwi = cat_x ? at::cat(gw_ih) : Tensor();
-    Tensor gwh = cat_h ? at::cat(gw_hh) : Tensor();
     Tensor gbi, gbh;
     if (KIND == GRU) {
       if (!gb_x.empty()) gbi = at::cat(gb_x);
