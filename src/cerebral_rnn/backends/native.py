@@ -3,44 +3,56 @@ r"""``"native"`` backend: the time loop of a layer, forward and backward (BPTT),
 Kinds: ``lstm`` (any number of paths K, no ``proj_size``), ``peephole`` and ``gru`` (any K); float32 and
 float64; dense input; one or two directions; any hidden size and batch. Training goes through
 :class:`NativeFunction` (an ``autograd.Function``); inference (no autograd recording) runs the same forward
-without saving anything.
+without saving anything. The C++ source is ``native_kernels.cpp`` beside this module.
 
-Per direction (the C++ source is ``native_kernels.cpp`` beside this module):
+Per direction:
 
-* **input projection**: one GEMM per path, ``X W_ih,k^T + b`` (``b_ih + b_hh`` for LSTM kinds, ``b_ih`` for the
-  GRU), over every step in training, over chunks of ``chunk_rows`` rows into a reused buffer in inference;
-* **recurrence**: per step and path, the recurrent GEMM and the kind's pointwise step fused in one pass: the
-  batch rows times one block of hidden units (one vector wide) of every gate are accumulated in registers from
-  ``W_hh,k`` packed per path, the pointwise step runs on them, and the paths' outputs are combined (sum, or
-  mean for the GRU) before ``h_t`` is stored. With several threads each owns a range of unit blocks (one
-  barrier per step). Alternatively (``gemm`` modes ``"addmm"`` / ``"onednn"``) the recurrent GEMM is a library
-  call per path and step (``at::addmm``, or oneDNN with the weight packed once per call through the private op
-  ``torch.ops.mkldnn._linear_pointwise``, probed once) followed by the pointwise pass;
-* **backward**: per step, the kind's pointwise backward per path (gates, cell state, GRU's ``z * dh`` and
-  peephole terms), then ``dh_{t-1} = dy_{t-1} + sum_k dG_k W_hh,k`` (paths accumulated in order) by the same
-  kinds of kernel; after the loop, per path, ``dW_ih,k = dG_k^T X``, ``dW_hh,k = dG_k^T H_prev`` (one GEMM each
-  over every step), bias gradients as column sums, ``dX = sum_k dG_k W_ih,k``. Only what
-  ``ctx.needs_input_grad`` asks for is computed; the saved tensors are never modified, so ``backward`` can run
-  twice (``retain_graph``).
+* **input projection**: one GEMM per path, ``X W_ih,k^T`` (``at::mm``), over every step in training, over chunks
+  of ``chunk_rows`` rows into one reused buffer in inference; the biases (``b_ih + b_hh`` for LSTM kinds,
+  ``b_ih`` for the GRU) are added inside the recurrent kernel;
+* **recurrence**: per step, for one block of hidden units (one vector wide) and a group of batch rows, every
+  path's recurrent GEMM accumulates all its gates in registers (a register-blocked kernel reading ``W_hh,k``
+  packed per path into panels), then the kind's pointwise step runs on them and the paths' outputs are combined
+  (sum, or mean for the GRU) into ``h_t``. Threads (``torch.get_num_threads()``) share a step by unit blocks:
+  each owns a range and claims its blocks, and takes what is left of the others' when done; a step starts when
+  every block of the previous one is done. Loops with fewer than ``min_work_per_thread`` multiply-adds a step
+  run on one thread;
+* **backward**: per step, the kind's pointwise backward per path (gates, cell state, GRU's ``z * dh`` and the
+  peephole terms; bias and peephole gradients summed on the way), then ``dh_{t-1} = dy_{t-1} + sum_k dG_k
+  W_hh,k`` (paths in order) by a second register-blocked kernel; after the loop, per path, ``dW_ih,k =
+  (X^T dG_k)^T`` and ``dW_hh,k = (H_prev^T dG_k)^T`` (one GEMM each over every step) and ``dX = sum_k dG_k
+  W_ih,k``. Only what ``ctx.needs_input_grad`` asks for is computed; the saved tensors are never modified, so
+  ``backward`` can run twice (``retain_graph``).
+
+The recurrent GEMM can also be a library call per path and step (``gemm="addmm"``: ``at::addmm``;
+``gemm="onednn"``: oneDNN with the weight packed once per call through the private op
+``torch.ops.mkldnn._linear_pointwise``, probed once, float32) followed by the pointwise pass. ``gemm=None`` (the
+default) uses the fused kernels: measured on the benchmark grid (one thread, AVX-512 and AVX2 builds), a layer
+ran about as fast with them as with ``addmm`` at B = 64-128 (within the run-to-run noise) and up to 10% faster
+at B <= 8, and with ``onednn`` 1.1-9x slower (a new output tensor per call); see ``docs/native-notes.md``.
 
 **Symmetry by construction** (``init="identical"`` paths stay bitwise identical in training): every path is
-computed by the same code on operands of the same shape in buffers of its own; the recurrent kernels compute
-every output element as one sequential chain of fused multiply-adds, whatever its position; the pointwise
-loops use ``at::vec::Vectorized`` with masked partial loads and stores for the last vector of a row (no
-scalar tail). So this backend runs layers whose paths are identical.
+computed by the same code on operands of the same shape in buffers of its own (or views at offsets that are
+multiples of 64 bytes); the recurrent kernels compute every output element as one sequential chain of fused
+multiply-adds, whatever its position in a vector or a block; the pointwise loops use ``at::vec::Vectorized``
+with masked partial loads and stores for the last vector of a row (no scalar tail loop); library GEMMs are one
+call per path on same-shaped, equally aligned operands. So this backend runs layers whose paths are identical.
 
-**Activations**: ``sigmoid(x) = 1 / (1 + exp(-x))``; float32 uses ATen's ``exp_u20`` and
-``tanh(x) = 1 - 2 / (exp(2x) + 1)``, float64 Sleef's ``exp``/``tanh``.
+**Activations**: ``sigmoid(x) = 1 / (1 + exp(-x))``, float32 ``tanh(x) = 1 - 2 / (exp(2x) + 1)``. float32 with
+the AVX-512 or AVX2 build: an exp by range reduction and a degree-6 polynomial (about 1 ulp) and the reciprocal
+by the ISA's estimate plus one Newton step (about 1 ulp; a division costs several times more); the generic
+build uses ATen's ``exp`` and division; float64 uses Sleef's ``exp``/``tanh`` (1 ulp) and division. All saturate
+without inf or NaN (float32 sigmoid bottoms out at 1.8e-35).
 
 **Build**: compiled on first use with ``torch.utils.cpp_extension.load`` following ATen's CPU capability
-(:func:`torch.backends.cpu.get_cpu_capability`): ``"AVX512"`` builds with ``-march=x86-64-v4 -mtune=native
--DCPU_CAPABILITY_AVX512``, ``"AVX2"`` (also when forced with ``ATEN_CPU_CAPABILITY=avx2``) with
-``-march=x86-64-v3 -mtune=native -DCPU_CAPABILITY_AVX2``; anything else without ``-march``, using ATen's generic
-``Vectorized`` (correct on any CPU). Always ``-O3 -fopenmp -ffp-contract=off``. The extension's name carries the
-capability, a hash of this CPU's model and flags and a hash of the sources and flags, so builds for different
-ISAs coexist in torch's extension cache (``TORCH_EXTENSIONS_DIR``). It needs a C++ compiler and ``ninja``; if
-the build fails, the failure is remembered and :meth:`NativeBackend.supports` gives it as the reason
-(``"auto"`` falls back). ``CEREBRAL_RNN_NATIVE=0`` turns the backend off; ``CEREBRAL_RNN_NATIVE_VERBOSE=1``
+(:func:`torch.backends.cpu.get_cpu_capability`, which ``ATEN_CPU_CAPABILITY`` can lower): ``"AVX512"`` builds with
+``-march=x86-64-v4 -mtune=native -DCPU_CAPABILITY_AVX512``, ``"AVX2"`` with ``-march=x86-64-v3 -mtune=native
+-DCPU_CAPABILITY_AVX2``; anything else without ``-march``, using ATen's generic ``Vectorized`` (correct on any
+CPU). Always ``-O3 -fopenmp -ffp-contract=off`` (the arithmetic is what the source says). The extension's name
+carries the capability, a hash of this CPU's model and flags and a hash of the source and flags, so builds for
+different ISAs coexist in torch's extension cache (``TORCH_EXTENSIONS_DIR``). It needs a C++ compiler and
+``ninja``; if the build fails, the failure is remembered and :meth:`NativeBackend.supports` gives it as the
+reason (``"auto"`` falls back). ``CEREBRAL_RNN_NATIVE=0`` turns the backend off; ``CEREBRAL_RNN_NATIVE_VERBOSE=1``
 shows the build; :func:`cerebral_rnn.backends.prepare` builds it up front.
 """
 
@@ -255,12 +267,16 @@ class NativeBackend:
 
     name = "native"
     kinds = ("lstm", "peephole", "gru")
-    chunk_rows = 1024  # rows (steps x batch) of the input projection per GEMM in inference
-    # The GEMM of the recurrence, forward and backward: None picks by measurement (see _modes); "own" (the
-    # fused register-blocked kernels), "addmm" or "onednn" force one (tests use this to cover every route).
+    # Rows (steps x batch) of the input projection per GEMM in inference: MKL's sgemm repacks W_ih at every call,
+    # which cost ~15% of the projection at 128 rows and ~2% at 1024 (I = 256, 4H = 2048, one thread).
+    chunk_rows = 1024
+    # The GEMM of the recurrence, forward and backward: None = "own" (the fused register-blocked kernels; see the
+    # module docstring for the measurement); "addmm" or "onednn" force a library call per path and step (tests
+    # use this to cover every route).
     gemm: str | None = None
-    # Below this many multiply-adds per step (B x K x G H x H) one thread runs the loop: a barrier per step costs
-    # more than the second thread saves. Measured with benchmarks/speed.py-style loops, 2 threads.
+    # Below this many multiply-adds per step (B x K x G H x H) one thread runs the loop: waking a second thread
+    # for every step costs more than it saves (measured, 2 threads: at 32768 two threads were no faster, from
+    # 131072 (e.g. B = 1, H = 128) they were 1.2-1.5x faster in inference).
     min_work_per_thread = 1 << 16
 
     def supports(self, spec, x: Tensor, batch_sizes, weights, states) -> str | None:
@@ -282,9 +298,7 @@ class NativeBackend:
         return None
 
     def _modes(self, x: Tensor, spec) -> tuple[int, int]:
-        mode = self.gemm
-        if mode is None:
-            mode = "own"
+        mode = self.gemm or "own"
         if mode == "onednn" and (x.dtype != torch.float32 or not _onednn_ok()):
             mode = "addmm"
         return GEMM_MODES[mode], GEMM_MODES[mode]
