@@ -27,9 +27,10 @@ Per direction:
 The recurrent GEMM can also be a library call per path and step (``gemm="addmm"``: ``at::addmm``;
 ``gemm="onednn"``: oneDNN with the weight packed once per call through the private op
 ``torch.ops.mkldnn._linear_pointwise``, probed once, float32) followed by the pointwise pass. ``gemm=None`` (the
-default) uses the fused kernels: measured on the benchmark grid (one thread, AVX-512 and AVX2 builds), a layer
-ran about as fast with them as with ``addmm`` at B = 64-128 (within the run-to-run noise) and up to 10% faster
-at B <= 8, and with ``onednn`` 1.1-9x slower (a new output tensor per call); see ``docs/native-notes.md``.
+default) uses the fused kernels: measured on grid shapes (one thread, AVX-512 and AVX2 builds), a layer ran
+within 7% of ``addmm`` at B = 64 (faster at some shapes, slower at others; training up to 14% faster), 3-17%
+faster at B <= 8, and 1.1-9x faster than with ``onednn`` (a new output tensor per call); see
+``docs/native-notes.md``.
 
 **Symmetry by construction** (``init="identical"`` paths stay bitwise identical in training): every path is
 computed by the same code on operands of the same shape in buffers of its own (or views at offsets that are
