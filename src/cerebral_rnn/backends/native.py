@@ -8,7 +8,7 @@ without saving anything. The C++ source is ``native_kernels.cpp`` beside this mo
 Per direction:
 
 * **input projection**: one GEMM per path, ``X W_ih,k^T`` (``at::mm``), over every step in training, over chunks
-  of ``chunk_rows`` rows into one reused buffer in inference; the biases (``b_ih + b_hh`` for LSTM kinds,
+  of 256-1024 rows (``NativeBackend.chunk_rows``) into one reused buffer in inference; the biases (``b_ih + b_hh`` for LSTM kinds,
   ``b_ih`` for the GRU) are added inside the recurrent kernel;
 * **recurrence**: per step, for one block of hidden units (one vector wide) and a group of batch rows, every
   path's recurrent GEMM accumulates all its gates in registers (a register-blocked kernel reading ``W_hh,k``
@@ -268,9 +268,12 @@ class NativeBackend:
 
     name = "native"
     kinds = ("lstm", "peephole", "gru")
-    # Rows (steps x batch) of the input projection per GEMM in inference: MKL's sgemm repacks W_ih at every call,
-    # which cost ~15% of the projection at 128 rows and ~2% at 1024 (I = 256, 4H = 2048, one thread).
-    chunk_rows = 1024
+    # Rows (steps x batch) of the input projection per GEMM in inference; None: as many as fill 512 KiB of
+    # projection (every path), so that it is still in L2 when the steps read it, within [256, 1024] rows: MKL's
+    # sgemm repacks W_ih at every call (~15% of the projection at 128 rows, ~2% at 1024 for I = 256, 4H = 2048).
+    # Measured (one thread, AVX-512): 100,64,32,128 inference 18.0-18.6 ms at 128-256 rows, 18.9-20.1 at 1024,
+    # 22.6-24.4 at 2048; 25,64,512,512: 103-108 ms at any of 128-2048 rows.
+    chunk_rows: int | None = None
     # The GEMM of the recurrence, forward and backward: None = "own" (the fused register-blocked kernels; see the
     # module docstring for the measurement); "addmm" or "onednn" force a library call per path and step (tests
     # use this to cover every route).
@@ -309,10 +312,15 @@ class NativeBackend:
         work = x.shape[1] * spec.paths * spec.path_rows * spec.hidden_size
         return 1 if work < self.min_work_per_thread else threads
 
+    def _chunk_rows(self, x: Tensor, spec) -> int:
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        return max(256, min(1024, (512 * 1024) // (spec.rows * x.element_size())))
+
     def plan(self, spec, x: Tensor) -> Plan:
         fwd, bwd = self._modes(x, spec)
-        return Plan(KIND_IDS[spec.kind.name], spec.paths, fwd, bwd, self._threads(x, spec), self.chunk_rows,
-                     spec.kind.has_cell)
+        return Plan(KIND_IDS[spec.kind.name], spec.paths, fwd, bwd, self._threads(x, spec), self._chunk_rows(x, spec),
+                    spec.kind.has_cell)
 
     def forward_layer(self, spec, x, states, weights, batch_sizes):
         plan = self.plan(spec, x)
