@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # The tests whose results depend on the CPU's vector instructions (kernels, rounding, path symmetry).
-CPU_TESTS := tests --ignore=tests/test_study.py --ignore=tests/test_bench.py
+CPU_TESTS := tests $(patsubst %,--ignore=%,$(wildcard tests/test_study*.py)) --ignore=tests/test_bench.py
+
+AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
 .PHONY: run test test-avx2 bench lint clean
 
@@ -21,13 +23,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The CPU-sensitive tests again with the AVX2 code paths forced: torch's own kernels
-# (ATEN_CPU_CAPABILITY), oneDNN's (ONEDNN_MAX_CPU_ISA) and the native backend, which follows torch's
-# capability (built for x86-64-v3). An AVX-512 machine then proves the AVX2 paths as well. x86-64 only.
+# (ATEN_CPU_CAPABILITY), oneDNN's (ONEDNN_MAX_CPU_ISA), MKL's GEMMs (MKL_ENABLE_INSTRUCTIONS; MKL picks its
+# kernels itself otherwise) and the native backend, which follows torch's capability (built for x86-64-v3).
+# An AVX-512 machine then proves the AVX2 paths as well. x86-64 only.
 test-avx2: $(STAMP)
 	@if [ "$$(uname -m)" != x86_64 ]; then echo "test-avx2: not an x86-64 machine, nothing to force"; exit 0; fi; \
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -c \
+	$(AVX2_ENV) $(BIN)/python -c \
 	  "import torch; print('test-avx2: torch CPU capability', torch.backends.cpu.get_cpu_capability())"; \
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -p no:cacheprovider $(CPU_TESTS)
+	$(AVX2_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider $(CPU_TESTS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py

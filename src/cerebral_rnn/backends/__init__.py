@@ -78,8 +78,9 @@ def get_backend(name: str, kind: str | None = None) -> str:
     return name
 
 
-# "fused" (native K*4H x H recurrence, a few ops per step) beats "lstm2h" (torch's fused LSTM op: K times the
-# recurrent FLOPs, no per-step Python) on the CPU once a step has enough work, batch x hidden_size elements:
+# Where "native" cannot run: "fused" (native K*4H x H recurrence, a few ops per step) beats "lstm2h" (torch's
+# fused LSTM op: K times the recurrent FLOPs, no per-step Python) on the CPU once a step has enough work,
+# batch x hidden_size elements:
 # sooner in training (its hand-written backward is lean) than in inference (oneDNN's inference kernel is very
 # fast). Measured with benchmarks/speed.py on a 2-core CPU, torch 2.13.
 FUSED_MIN_WORK_TRAIN = 4096  # e.g. B >= 32 at H = 128
@@ -89,10 +90,11 @@ FUSED_MIN_WORK_INFER = 16384  # e.g. B >= 128 at H = 128, B >= 32 at H = 512
 def _auto_order(spec, x: Tensor, batch_sizes, weights, states) -> list[str]:
     """Backends tried by ``"auto"``, best first, for this device, shape and grad mode.
 
-    CPU, dense input: ``native`` (compiled C++) first; then ``fused`` when batch x hidden_size reaches
-    ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or ``FUSED_MIN_WORK_INFER`` (inference), then ``lstm2h``, then
-    ``fused`` at any size. Packed input on the CPU and CUDA: ``lstm2h`` (oneDNN's / cuDNN's LSTM). ``reference``
-    last. Each backend's ``supports`` rules out what it cannot compute exactly (kind, dtype, packed input,
+    CPU, dense input: ``native`` (compiled C++ time loop and BPTT: every LSTM, peephole and GRU layer in float32 /
+    float64, training and inference) first; where it is unavailable (no compiler) or refuses (``proj_size``,
+    another dtype), ``fused`` when batch x hidden_size reaches ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or
+    ``FUSED_MIN_WORK_INFER`` (inference), then ``lstm2h``, then ``fused`` at any size. Packed input on the CPU
+    and CUDA: ``lstm2h`` (oneDNN's / cuDNN's LSTM). ``reference`` last. Each backend's ``supports`` rules out what it cannot compute exactly (kind, dtype, packed input,
     ``torch.export``, identical paths for the backends that cannot keep them identical), and ``reference`` takes
     everything else.
     """

@@ -223,7 +223,7 @@ class CerebralFusedFunction(torch.autograd.Function):
         if needs[3] or needs[4] or (ctx.has_bias and needs[5]):
             # All weight and bias gradients in one GEMM per path over all steps: dG_p^T [X | H_prev | 1]. One
             # GEMM per path (same shapes, same kernel), not one over all 8H rows, so that identical paths get
-            # bitwise identical gradients (DESIGN.md, symmetry): a single GEMM/column sum rounds rows
+            # bitwise identical gradients (docs/notes.md, symmetry): a single GEMM/column sum rounds rows
             # differently depending on their position.
             h_prev = torch.cat([Y[1:], h0.unsqueeze(0)]) if reverse else torch.cat([h0.unsqueeze(0), Y[:-1]])
             xh1 = torch.cat([x, h_prev, torch.ones_like(h_prev[..., :1])], dim=-1).view(T * B, I + H + 1)

@@ -1,23 +1,60 @@
-r"""``"native"`` backend: the whole inference time loop of a layer in compiled C++ (CPU, no autograd).
+r"""``"native"`` backend: the time loop of a layer, forward and backward (BPTT), in compiled C++ (CPU).
 
-Per direction: the input projection of a chunk of steps (``chunk_rows`` rows) is one GEMM, both biases folded
-in; each step adds ``h_{t-1} W_hh^T`` to its rows of it, then ONE pointwise pass computes every gate's
-activation, both paths' cell states and ``h_t``, written straight into the output. The recurrent GEMM is, by
-batch x hidden_size: a hand-written register-blocked kernel below ``small_max_work`` (MKL's and oneDNN's per-call
-overheads dominate there), else oneDNN with ``W_hh`` packed once per call (``mkldnn._linear_pointwise``, as the
-``"fused"`` backend uses; float32), else ``addmm_`` (float64, or a torch without oneDNN).
-Activations use a vectorisable exp (Cephes ``expf``) and a tanh accurate near 0 (a polynomial for
-``|x| < 0.625``), within a few ulp of torch's; float64 uses ``std::exp``/``std::tanh``. The gate rows are used in
-their stored order (upper i, f, g, o, lower i, f, g, o): a path's gate ``k`` at unit ``j`` is at column
-``k H + j`` (upper) and ``4 H + k H + j`` (lower). The recurrent GEMM covers both paths' rows at once, so
-layers whose paths are identical are refused (``"auto"`` then picks a backend that keeps them identical).
+Kinds: ``lstm`` (any number of paths K, no ``proj_size``), ``peephole`` and ``gru`` (any K); float32 and
+float64; dense input; one or two directions; any hidden size and batch. Training goes through
+:class:`NativeFunction` (an ``autograd.Function``); inference (no autograd recording) runs the same forward
+without saving anything. The C++ source is ``native_kernels.cpp`` beside this module.
 
-The extension is built on first use with ``torch.utils.cpp_extension.load_inline`` (``-O3 -march=native``,
-OpenMP; about 25 s on a 2-core machine, cached in torch's extensions directory under a name tagged by the CPU,
-so later processes only load it). It needs a C++ compiler and ``ninja``; if the build fails, the failure is
-remembered once and ``supports`` gives it as the reason (``"auto"`` then falls back). ``CEREBRAL_RNN_NATIVE=0``
-in the environment turns the backend off (no build attempted).
-Inference only: ``supports`` refuses whenever autograd would need gradients.
+Per direction:
+
+* **input projection**: one GEMM per path, ``X W_ih,k^T`` (``at::mm``), over every step in training, over chunks
+  of 256-1024 rows (``NativeBackend.chunk_rows``) into one reused buffer in inference; the biases (``b_ih + b_hh`` for LSTM kinds,
+  ``b_ih`` for the GRU) are added inside the recurrent kernel;
+* **recurrence**: per step, for one block of hidden units (one vector wide) and a group of batch rows, every
+  path's recurrent GEMM accumulates all its gates in registers (a register-blocked kernel reading ``W_hh,k``
+  packed per path into panels), then the kind's pointwise step runs on them and the paths' outputs are combined
+  (sum, or mean for the GRU) into ``h_t``. Threads (``torch.get_num_threads()``) share a step by unit blocks:
+  each owns a range and claims its blocks, and takes what is left of the others' when done; a step starts when
+  every block of the previous one is done. Loops with fewer than ``min_work_per_thread`` multiply-adds a step
+  run on one thread;
+* **backward**: per step, the kind's pointwise backward per path (gates, cell state, GRU's ``z * dh`` and the
+  peephole terms; bias and peephole gradients summed on the way), then ``dh_{t-1} = dy_{t-1} + sum_k dG_k
+  W_hh,k`` (paths in order) by a second register-blocked kernel; after the loop, per path, ``dW_ih,k =
+  (X^T dG_k)^T`` and ``dW_hh,k = (H_prev^T dG_k)^T`` (one GEMM each over every step) and ``dX = sum_k dG_k
+  W_ih,k``. Only what ``ctx.needs_input_grad`` asks for is computed; the saved tensors are never modified, so
+  ``backward`` can run twice (``retain_graph``).
+
+The recurrent GEMM can also be a library call per path and step (``gemm="addmm"``: ``at::addmm``;
+``gemm="onednn"``: oneDNN with the weight packed once per call through the private op
+``torch.ops.mkldnn._linear_pointwise``, probed once, float32) followed by the pointwise pass. ``gemm=None`` (the
+default) uses the fused kernels: measured on grid shapes (one thread, AVX-512 and AVX2 builds), a layer ran
+within 7% of ``addmm`` at B = 64 (faster at some shapes, slower at others; training up to 14% faster), 3-17%
+faster at B <= 8, and 1.1-9x faster than with ``onednn`` (a new output tensor per call); see
+``docs/native-notes.md``.
+
+**Symmetry by construction** (``init="identical"`` paths stay bitwise identical in training): every path is
+computed by the same code on operands of the same shape in buffers of its own (or views at offsets that are
+multiples of 64 bytes); the recurrent kernels compute every output element as one sequential chain of fused
+multiply-adds, whatever its position in a vector or a block; the pointwise loops use ``at::vec::Vectorized``
+with masked partial loads and stores for the last vector of a row (no scalar tail loop); library GEMMs are one
+call per path on same-shaped, equally aligned operands. So this backend runs layers whose paths are identical.
+
+**Activations**: ``sigmoid(x) = 1 / (1 + exp(-x))``, float32 ``tanh(x) = 1 - 2 / (exp(2x) + 1)``. float32 with
+the AVX-512 or AVX2 build: an exp by range reduction and a degree-6 polynomial (about 1 ulp) and the reciprocal
+by the ISA's estimate plus one Newton step (about 1 ulp; a division costs several times more); the generic
+build uses ATen's ``exp`` and division; float64 uses Sleef's ``exp``/``tanh`` (1 ulp) and division. All saturate
+without inf or NaN (float32 sigmoid bottoms out at 1.8e-35).
+
+**Build**: compiled on first use with ``torch.utils.cpp_extension.load`` following ATen's CPU capability
+(:func:`torch.backends.cpu.get_cpu_capability`, which ``ATEN_CPU_CAPABILITY`` can lower): ``"AVX512"`` builds with
+``-march=x86-64-v4 -mtune=native -DCPU_CAPABILITY_AVX512``, ``"AVX2"`` with ``-march=x86-64-v3 -mtune=native
+-DCPU_CAPABILITY_AVX2``; anything else without ``-march``, using ATen's generic ``Vectorized`` (correct on any
+CPU). Always ``-O3 -fopenmp -ffp-contract=off`` (the arithmetic is what the source says). The extension's name
+carries the capability, a hash of this CPU's model and flags and a hash of the source and flags, so builds for
+different ISAs coexist in torch's extension cache (``TORCH_EXTENSIONS_DIR``). It needs a C++ compiler and
+``ninja``; if the build fails, the failure is remembered and :meth:`NativeBackend.supports` gives it as the
+reason (``"auto"`` falls back). ``CEREBRAL_RNN_NATIVE=0`` turns the backend off; ``CEREBRAL_RNN_NATIVE_VERBOSE=1``
+shows the build; :func:`cerebral_rnn.backends.prepare` builds it up front.
 """
 
 from __future__ import annotations
@@ -28,17 +65,24 @@ import platform
 import shutil
 import sys
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._compile import exporting
-from ._rules import dense_cpu_reason, identical_paths_reason, needs_grad
+from ._rules import dense_cpu_reason, needs_grad
+
+_SOURCE = Path(__file__).with_name("native_kernels.cpp")
+KIND_IDS = {"lstm": 0, "peephole": 1, "gru": 2}
+GEMM_MODES = {"own": 0, "addmm": 1, "onednn": 2}
 
 
 def _cpu_tag() -> str:
-    """A short hash of this CPU's model and feature flags: the build uses ``-march=native``, so a cache shared
-    between different machines (a network home directory) must not hand one machine's build to another."""
+    """A short hash of this CPU's model and feature flags (``-mtune=native``; a cache shared between machines,
+    e.g. a network home directory, must not hand one machine's build to another)."""
     info = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -48,224 +92,36 @@ def _cpu_tag() -> str:
     return hashlib.sha1(info.encode()).hexdigest()[:10]
 
 
-_NAME = f"cerebral_rnn_native_{_cpu_tag()}"
+def capability() -> str:
+    """ATen's CPU capability in this process ("AVX512", "AVX2", "DEFAULT", ...)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001 - an old torch or an unknown platform: the generic build
+        return "DEFAULT"
 
-_CPP = r"""
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <cmath>
-#include <cstdint>
-#include <algorithm>
-#include <vector>
 
-namespace {
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
 
-// Cephes expf: |rel err| ~ 1 ulp; vectorises (no calls, no branches).
-static inline float fexp(float x) {
-  x = x > 88.0f ? 88.0f : x;
-  x = x < -87.0f ? -87.0f : x;  // NaN passes both comparisons unchanged
-  float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (no floorf call:
-  // gcc cannot vectorise it under the mask of ftanh's select)
-  x = x - fx * 0.693359375f;
-  x = x + fx * 2.12194440e-4f;
-  float z = x * x;
-  float y = 1.9875691500E-4f;
-  y = y * x + 1.3981999507E-3f;
-  y = y * x + 8.3334519073E-3f;
-  y = y * x + 4.1665795894E-2f;
-  y = y * x + 1.6666665459E-1f;
-  y = y * x + 5.0000001201E-1f;
-  y = y * z + x + 1.0f;
-  int32_t n = static_cast<int32_t>(fx);
-  int32_t bits = (n + 127) << 23;
-  float scale = __builtin_bit_cast(float, bits);
-  return y * scale;
-}
 
-static inline float fsig(float x) { return 1.0f / (1.0f + fexp(-x)); }
+def build_flags(cap: str | None = None) -> list[str]:
+    """Compiler flags for ATen's CPU capability ``cap``: the vector ISA ATen's kernels use, so that the
+    extension's ``at::vec::Vectorized`` is the same width (and runs wherever ATen's does)."""
+    cap = capability() if cap is None else cap
+    x86 = _X86
+    flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
+    if x86 and cap == "AVX512":
+        flags += ["-march=x86-64-v4", "-mtune=native", "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=crnn_avx512"]
+    elif x86 and cap == "AVX2":
+        flags += ["-march=x86-64-v3", "-mtune=native", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=crnn_avx2"]
+    else:
+        flags += ["-DCPU_CAPABILITY=crnn_default"]
+    return flags
 
-// Cephes tanhf: a polynomial for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1) with the sign of x.
-static inline float ftanh(float x) {
-  float ax = std::fabs(x);
-  float z = x * x;
-  float p = -5.70498872745E-3f;
-  p = p * z + 2.06390887954E-2f;
-  p = p * z - 5.37397155531E-2f;
-  p = p * z + 1.33314422036E-1f;
-  p = p * z - 3.33332819422E-1f;
-  float small = p * z * x + x;
-  float big = 1.0f - 2.0f / (fexp(2.0f * ax) + 1.0f);
-  big = std::copysign(big, x);
-  return ax < 0.625f ? small : big;
-}
 
-static inline double fexp(double x) { return std::exp(x); }
-static inline double fsig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-static inline double ftanh(double x) { return std::tanh(x); }
+def _name(cap: str, flags: list[str]) -> str:
+    src = hashlib.sha1(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:10]
+    return f"cerebral_rnn_native_{cap.lower()}_{_cpu_tag()}_{src}"
 
-// One step's pointwise part for rows [b0, b1): g (B, 8H) preactivations, c (B, 2H) in/out, h out (row stride hs).
-template <typename T>
-static void pointwise(const T* __restrict g, T* __restrict c, T* __restrict h, int64_t hs, int64_t b0, int64_t b1,
-                      int64_t H) {
-  for (int64_t b = b0; b < b1; ++b) {
-    const T* __restrict p0 = g + b * 8 * H;
-    const T* __restrict p1 = p0 + H;
-    const T* __restrict p2 = p0 + 2 * H;
-    const T* __restrict p3 = p0 + 3 * H;
-    const T* __restrict p4 = p0 + 4 * H;
-    const T* __restrict p5 = p0 + 5 * H;
-    const T* __restrict p6 = p0 + 6 * H;
-    const T* __restrict p7 = p0 + 7 * H;
-    T* __restrict cu = c + b * 2 * H;
-    T* __restrict cl = cu + H;
-    T* __restrict hb = h + b * hs;
-#pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      T ui = fsig(p0[j]), uf = fsig(p1[j]), ug = ftanh(p2[j]), uo = fsig(p3[j]);
-      T li = fsig(p4[j]), lf = fsig(p5[j]), lg = ftanh(p6[j]), lo = fsig(p7[j]);
-      T uc = uf * cu[j] + ui * ug;
-      T lc = lf * cl[j] + li * lg;
-      cu[j] = uc;
-      cl[j] = lc;
-      hb[j] = uo * ftanh(uc) + lo * ftanh(lc);
-    }
-  }
-}
-
-template <typename T>
-static void pointwise_all(const at::Tensor& gt, at::Tensor& c, at::Tensor& yt, int64_t grain) {
-  const int64_t B = gt.size(0), H = yt.size(1), hs = yt.stride(0);
-  const T* gp = gt.data_ptr<T>();
-  T* cp = c.data_ptr<T>();
-  T* hp = yt.data_ptr<T>();
-  if (B >= 2 * grain) {
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) { pointwise<T>(gp, cp, hp, hs, b0, b1, H); });
-  } else {
-    pointwise<T>(gp, cp, hp, hs, 0, B, H);
-  }
-}
-
-// Small batches: g[b, :] += h[b, :] W_hh^T with W_hh^T (H, 8H) contiguous, in column blocks of 64 kept in
-// registers, NB batch rows at a time sharing each weight load. Every column is the same sequence of
-// multiply-adds over k = 0..H-1, so identical paths get identical sums.
-template <typename T, int NB>
-static void matvec_block(const T* __restrict h, int64_t hs, const T* __restrict wt, T* __restrict g, int64_t H,
-                         int64_t N, int64_t c0) {
-  constexpr int CB = 64;
-  T acc[NB][CB];
-  for (int r = 0; r < NB; ++r)
-    for (int j = 0; j < CB; ++j) acc[r][j] = g[r * N + c0 + j];
-  for (int64_t k = 0; k < H; ++k) {
-    const T* w = wt + k * N + c0;
-    for (int r = 0; r < NB; ++r) {
-      const T hk = h[r * hs + k];
-#pragma omp simd
-      for (int j = 0; j < CB; ++j) acc[r][j] += hk * w[j];
-    }
-  }
-  for (int r = 0; r < NB; ++r)
-    for (int j = 0; j < CB; ++j) g[r * N + c0 + j] = acc[r][j];
-}
-
-template <typename T>
-static void small_matvec(const T* h, int64_t hs, const T* wt, T* g, int64_t B, int64_t H) {
-  const int64_t N = 8 * H, nblocks = N / 64;  // H % 16 == 0 (supports() checks): N % 64 == 0 (H % 8 suffices)
-  at::parallel_for(0, nblocks, nblocks >= 16 ? nblocks / 2 : nblocks, [&](int64_t k0, int64_t k1) {
-    for (int64_t blk = k0; blk < k1; ++blk) {
-      int64_t b = 0;
-      for (; b + 4 <= B; b += 4) matvec_block<T, 4>(h + b * hs, hs, wt, g + b * N, H, N, blk * 64);
-      for (; b + 2 <= B; b += 2) matvec_block<T, 2>(h + b * hs, hs, wt, g + b * N, H, N, blk * 64);
-      for (; b < B; ++b) matvec_block<T, 1>(h + b * hs, hs, wt, g + b * N, H, N, blk * 64);
-    }
-  });
-}
-
-// x W^T + add through torch.ops.mkldnn._linear_pointwise.binary (W packed by mkldnn._reorder_linear_weight).
-static at::Tensor linear_add(const at::Tensor& x, const at::Tensor& add, const at::Tensor& packed) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mkldnn::_linear_pointwise", "binary")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const std::optional<at::Tensor>&, c10::string_view)>();
-  return op.call(x, add, packed, std::nullopt, "add");
-}
-
-// Input projection of a chunk of steps as one GEMM, then per step G[t] += h W_hh^T and the pointwise pass.
-template <typename T>
-static void run_direction(const at::Tensor& x, const at::Tensor& h0, at::Tensor& c, const at::Tensor& w_ih,
-                          const at::Tensor& w_hh, const at::Tensor& b, const at::Tensor& packed, bool reverse,
-                          at::Tensor& y, int64_t col, int64_t chunk_rows, int64_t grain, bool small_kernel) {
-  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
-  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(T_, chunk_rows / std::max<int64_t>(B, 1)));
-  at::Tensor G = at::empty({n, B, 8 * H}, x.options());
-  at::Tensor w_ih_t = w_ih.t();
-  at::Tensor w_hh_t = w_hh.t();
-  const bool small = small_kernel && H % 8 == 0;
-  at::Tensor wt = small ? w_hh_t.contiguous() : at::Tensor();  // (H, 8H)
-  at::Tensor h = h0.stride(1) == 1 ? h0 : h0.contiguous();  // (B, H), rows contiguous, any row stride
-  const int64_t nchunks = (T_ + n - 1) / n;
-  for (int64_t k = 0; k < nchunks; ++k) {
-    const int64_t ck = reverse ? nchunks - 1 - k : k;
-    const int64_t s = ck * n, e = std::min(T_, s + n), m = e - s;
-    at::Tensor Gc = G.narrow(0, 0, m).view({m * B, 8 * H});
-    at::Tensor xc = x.narrow(0, s, m).reshape({m * B, I});
-    if (b.defined()) {
-      at::addmm_out(Gc, b, xc, w_ih_t);
-    } else {
-      at::mm_out(Gc, xc, w_ih_t);
-    }
-    for (int64_t q = 0; q < m; ++q) {
-      const int64_t tl = reverse ? m - 1 - q : q;
-      at::Tensor gt = G[tl];  // (B, 8H), contiguous
-      if (small) {
-        small_matvec<T>(h.data_ptr<T>(), h.stride(0), wt.data_ptr<T>(), gt.data_ptr<T>(), B, H);
-      } else if (packed.defined()) {  // oneDNN with the weight packed once per call (as the "fused" backend does)
-        gt = linear_add(h.contiguous(), gt, packed);
-      } else {
-        gt.addmm_(h, w_hh_t);
-      }
-      at::Tensor yt = y[s + tl].narrow(1, col, H);  // (B, H), row stride D H
-      pointwise_all<T>(gt, c, yt, grain);
-      h = yt;
-    }
-  }
-}
-
-}  // namespace
-
-// x (T, B, I) contiguous; h0 (D, B, H); c0 (D, B, 2H); per direction w_ih (8H, I), w_hh (8H, H), b (8H) or
-// an empty tensor. Returns y (T, B, D H), h_n (D, B, H), c_n (D, B, 2H).
-std::vector<at::Tensor> forward_layer(at::Tensor x, at::Tensor h0, at::Tensor c0, std::vector<at::Tensor> w_ih,
-                                      std::vector<at::Tensor> w_hh, std::vector<at::Tensor> b, std::vector<at::Tensor> packed,
-                                      int64_t chunk_rows, int64_t grain, bool small_kernel) {
-  at::NoGradGuard no_grad;
-  const int64_t D = static_cast<int64_t>(w_ih.size());
-  const int64_t T_ = x.size(0), B = x.size(1), H = w_hh[0].size(1);
-  x = x.contiguous();
-  at::Tensor y = at::empty({T_, B, D * H}, x.options());
-  at::Tensor c_n = c0.clone(at::MemoryFormat::Contiguous);
-  at::Tensor h_n = at::empty({D, B, H}, x.options());
-  for (int64_t d = 0; d < D; ++d) {
-    at::Tensor c = c_n[d];
-    at::Tensor bd = b[d].numel() ? b[d].contiguous() : at::Tensor();
-    at::Tensor wi = w_ih[d].contiguous(), wh = w_hh[d].contiguous();
-    at::Tensor pk = packed[d].numel() ? packed[d] : at::Tensor();
-    bool reverse = d == 1;
-    if (T_ == 0) {
-      h_n[d].copy_(h0[d]);
-      continue;
-    }
-    if (x.scalar_type() == at::kFloat) {
-      run_direction<float>(x, h0[d], c, wi, wh, bd, pk, reverse, y, d * H, chunk_rows, grain, small_kernel);
-    } else if (x.scalar_type() == at::kDouble) {
-      run_direction<double>(x, h0[d], c, wi, wh, bd, pk, reverse, y, d * H, chunk_rows, grain, small_kernel);
-    } else {
-      TORCH_CHECK(false, "cerebral_rnn native: dtype must be float32 or float64");
-    }
-    h_n[d].copy_(y[reverse ? 0 : T_ - 1].narrow(1, d * H, H));
-  }
-  return {y, h_n, c_n};
-}
-"""
 
 _EXT = None
 _ERROR: str | None = None  # why the extension could not be built or loaded; set once, never retried
@@ -300,13 +156,13 @@ def _load():
         return None
     t0 = time.perf_counter()
     try:
-        from torch.utils.cpp_extension import load_inline
+        from torch.utils.cpp_extension import load
 
         _put_ninja_on_path()
-
-        flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
-        _EXT = load_inline(name=_NAME, cpp_sources=[_CPP], functions=["forward_layer"], extra_cflags=flags,
-                           extra_ldflags=["-fopenmp"], verbose=bool(os.environ.get("CEREBRAL_RNN_NATIVE_VERBOSE")))
+        cap = capability()
+        flags = build_flags(cap)
+        _EXT = load(name=_name(cap, flags), sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                    verbose=bool(os.environ.get("CEREBRAL_RNN_NATIVE_VERBOSE")))
     except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a failed build: all mean "unavailable"
         _ERROR = f"the C++ extension could not be built: {type(exc).__name__}: {str(exc).strip()[:300]}"
         return None
@@ -324,68 +180,165 @@ def available() -> bool:
     return _load() is not None
 
 
+_ONEDNN_OK: bool | None = None  # the private oneDNN ops work in this torch build (probed once)
+
+
+def _onednn_ok() -> bool:
+    global _ONEDNN_OK
+    if _ONEDNN_OK is None:
+        try:
+            w = torch.zeros(8, 4)
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 2)
+            torch.ops.mkldnn._linear_pointwise.binary(torch.zeros(2, 4), torch.zeros(2, 8), packed, None, "add")
+            _ONEDNN_OK = torch.backends.mkldnn.is_available()
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _ONEDNN_OK = False
+    return _ONEDNN_OK
+
+
+class Plan(NamedTuple):
+    """How one call runs: the kind's id in the C++ code, the paths, the GEMM route of the recurrence forward and
+    backward (``GEMM_MODES``), the threads and the rows of an inference chunk."""
+
+    kind: int
+    paths: int
+    fwd_mode: int
+    bwd_mode: int
+    threads: int
+    chunk_rows: int
+    has_cell: bool
+
+
+def _split(flat, D):
+    """The flat parameter list (5 per direction: w_ih, w_hh, b_ih, b_hh, peephole) as 5 lists over directions."""
+    return [list(flat[i::5]) for i in range(5)]
+
+
+class NativeFunction(torch.autograd.Function):
+    """One layer (every direction) with hand-written BPTT in C++. Inputs: a plan, ``x`` (T, B, I), ``h_0``
+    (D, B, H), ``c_0`` (D, B, K H) or None, then per direction ``w_ih, w_hh, b_ih, b_hh, peephole`` (absent ones
+    None). Outputs: ``y`` (T, B, D H), ``h_n`` and, for kinds with a cell, ``c_n``."""
+
+    @staticmethod
+    def forward(ctx, plan, x, h0, c0, *flat):
+        ext = _load()
+        D = len(flat) // 5
+        w_ih, w_hh, b_ih, b_hh, peep = _split(flat, D)
+        x = x.contiguous()
+        out = ext.forward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, True, plan.fwd_mode,
+                          plan.threads, plan.chunk_rows)
+        y, h_n, c_n = out[0], out[1], out[2]
+        saved = out[3:]  # per direction and path: activations (D K), then cell states or GRU's W_hn h + b_hn (D K)
+        ctx.plan = plan
+        ctx.n_saved = len(saved)
+        ctx.save_for_backward(x, h0, c0, y, *flat, *saved)
+        if plan.has_cell:
+            return y, h_n, c_n
+        return y, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n=None):
+        plan = ctx.plan
+        saved = ctx.saved_tensors
+        x, h0, c0, y = saved[:4]
+        n = ctx.n_saved
+        flat = saved[4:len(saved) - n]
+        rest = saved[len(saved) - n:]
+        D = len(flat) // 5
+        w_ih, w_hh, b_ih, b_hh, peep = _split(flat, D)
+        acts, states = list(rest[: n // 2]), list(rest[n // 2:])
+        need = ctx.needs_input_grad  # (plan, x, h0, c0, *flat)
+        pneed = [any(need[4 + 5 * d + i] for d in range(D)) for i in range(5)]
+        needs = [need[1], need[2], bool(need[3]), *pneed]
+        res = _load().backward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, y, acts, states,
+                               dy, dh_n, dc_n, needs, plan.bwd_mode, plan.threads)
+        dx, dh0, dc0 = res[0], res[1], res[2]
+        grads = []
+        for d in range(D):
+            for i in range(5):
+                g = res[3 + 5 * d + i]
+                grads.append(g if need[4 + 5 * d + i] else None)
+        return (None, dx if need[1] else None, dh0 if need[2] else None, dc0 if need[3] else None, *grads)
+
+
 class NativeBackend:
-    """The whole inference time loop in compiled C++; two-path LSTM layers, CPU, float32/float64, dense input,
-    no autograd."""
+    """Compiled C++ time loop and BPTT: LSTM (no proj_size), peephole LSTM and GRU layers of any number of
+    paths; CPU, float32/float64, dense input; training and inference."""
 
     name = "native"
-    kinds = ("lstm",)
-    chunk_rows = 1024  # rows (steps x batch) of the input projection per GEMM
-    # The recurrent GEMM, by batch x hidden_size: below small_max_work a hand-written register-blocked kernel
-    # (MKL's and oneDNN's per-call overheads dominate there), else oneDNN with the weight packed once per call
-    # (float32; onednn=False forces torch.addmm, as does float64 or a torch without oneDNN). Measured with
-    # benchmarks/speed.py on a 2-core AVX-512 CPU, torch 2.13.
-    onednn: bool | None = None
-    small_max_work = 4096
-    _onednn_ok: bool | None = None  # None: not tried yet in this process
-    grain = 16  # batch rows per thread in the pointwise pass (two threads only from 2 x grain rows)
+    kinds = ("lstm", "peephole", "gru")
+    # Rows (steps x batch) of the input projection per GEMM in inference; None: as many as fill 512 KiB of
+    # projection (every path), so that it is still in L2 when the steps read it, within [256, 1024] rows: MKL's
+    # sgemm repacks W_ih at every call (~15% of the projection at 128 rows, ~2% at 1024 for I = 256, 4H = 2048).
+    # Measured (one thread, AVX-512): 100,64,32,128 inference 18.0-18.6 ms at 128-256 rows, 18.9-20.1 at 1024,
+    # 22.6-24.4 at 2048; 25,64,512,512: 103-108 ms at any of 128-2048 rows.
+    chunk_rows: int | None = None
+    # The GEMM of the recurrence, forward and backward: None = "own" (the fused register-blocked kernels; see the
+    # module docstring for the measurement); "addmm" or "onednn" force a library call per path and step (tests
+    # use this to cover every route).
+    gemm: str | None = None
+    # Below this many multiply-adds per step (B x K x G H x H) one thread runs the loop: waking a second thread
+    # for every step costs more than it saves (measured, 2 threads: at 32768 two threads were no faster, from
+    # 131072 (e.g. B = 1, H = 128) they were 1.2-1.5x faster in inference).
+    min_work_per_thread = 1 << 16
 
     def supports(self, spec, x: Tensor, batch_sizes, weights, states) -> str | None:
-        if spec.kind.name != "lstm" or spec.paths != 2 or spec.proj_size:
-            return "only two-path LSTM layers without proj_size (the paper's Cerebral LSTM)"
+        if spec.kind.name not in self.kinds:
+            return f"kind {spec.kind.name!r} is not one of {list(self.kinds)}"
+        if spec.proj_size:
+            return "proj_size is not supported (the layer's other backends compute it)"
         reason = dense_cpu_reason(x, batch_sizes, weights)
         if reason is not None:
             return reason
-        if needs_grad(x, states, weights):
-            return "inference only: autograd needs gradients here (use torch.no_grad() or another backend)"
-        if exporting() or torch.compiler.is_compiling():
-            return "torch.export / jit tracing / torch.compile cannot trace a C++ extension"
+        if any(s.device.type != "cpu" or s.dtype != x.dtype for s in states):
+            return "the initial states are not on the CPU in the input's dtype"
+        if x.dim() != 3 or x.shape[1] == 0:
+            return "an empty batch"
+        if exporting():
+            return "torch.export / jit tracing cannot record a C++ extension"
         if _load() is None:
             return _ERROR
-        return identical_paths_reason(spec, weights)
+        return None
 
-    def _use_onednn(self, x) -> bool:
-        if NativeBackend._onednn_ok is False:
-            return False
-        if self.onednn is not None:
-            return self.onednn
-        return x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    def _modes(self, x: Tensor, spec) -> tuple[int, int]:
+        mode = self.gemm or "own"
+        if mode == "onednn" and (x.dtype != torch.float32 or not _onednn_ok()):
+            mode = "addmm"
+        return GEMM_MODES[mode], GEMM_MODES[mode]
+
+    def _threads(self, x: Tensor, spec) -> int:
+        threads = torch.get_num_threads()
+        work = x.shape[1] * spec.paths * spec.path_rows * spec.hidden_size
+        return 1 if work < self.min_work_per_thread else threads
+
+    def _chunk_rows(self, x: Tensor, spec) -> int:
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        return max(256, min(1024, (512 * 1024) // (spec.rows * x.element_size())))
+
+    def plan(self, spec, x: Tensor) -> Plan:
+        fwd, bwd = self._modes(x, spec)
+        return Plan(KIND_IDS[spec.kind.name], spec.paths, fwd, bwd, self._threads(x, spec), self._chunk_rows(x, spec),
+                    spec.kind.has_cell)
 
     def forward_layer(self, spec, x, states, weights, batch_sizes):
-        h0, c0 = states
-        ext = _load()
-        w_ih = [w.w_ih for w in weights]
-        w_hh = [w.w_hh for w in weights]
-        empty = x.new_empty(0)
-        bs = []
+        plan = self.plan(spec, x)
+        h0 = states[0]
+        c0 = states[1] if spec.kind.has_cell else None
+        flat = []
         for w in weights:
-            b_ih, b_hh = w.b_ih, w.b_hh
-            b = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-            bs.append(empty if b is None else b)
-        small = x.shape[1] * h0.shape[-1] < self.small_max_work
-        with torch.no_grad():
-            if not small and self._use_onednn(x):
-                try:
-                    packed = [torch.ops.mkldnn._reorder_linear_weight(w, x.shape[1]) for w in w_hh]
-                    out = ext.forward_layer(x, h0, c0, w_ih, w_hh, bs, packed, self.chunk_rows, self.grain,
-                                            False)
-                    NativeBackend._onednn_ok = True
-                    return out[0], (out[1], out[2])
-                except (RuntimeError, AttributeError, NotImplementedError):
-                    NativeBackend._onednn_ok = False  # this torch build cannot: plain addmm from now on
-            out = ext.forward_layer(x, h0, c0, w_ih, w_hh, bs, [empty] * len(w_hh), self.chunk_rows,
-                                    self.grain, small)
-        return out[0], (out[1], out[2])
+            flat += [w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.peephole]
+        if needs_grad(x, states, weights):
+            out = NativeFunction.apply(plan, x, h0, c0, *flat)
+        else:
+            w_ih, w_hh, b_ih, b_hh, peep = _split(flat, len(weights))
+            with torch.no_grad():
+                out = _load().forward(plan.kind, plan.paths, x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, peep,
+                                      False, plan.fwd_mode, plan.threads, plan.chunk_rows)[:3]
+        if spec.kind.has_cell:
+            return out[0], (out[1], out[2])
+        return out[0], (out[1],)
 
 
 BACKEND = NativeBackend()

@@ -1,0 +1,1230 @@
+// The "native" backend's compiled kernels: one recurrent layer (every direction) of K paths of one cell kind
+// (LSTM, peephole LSTM, GRU), forward with or without saving for backward, and BPTT. Built by native.py with
+// torch.utils.cpp_extension; the build selects ATen's vector implementation through CPU_CAPABILITY_AVX512 /
+// CPU_CAPABILITY_AVX2 (or none: ATen's generic Vectorized, correct on any CPU).
+//
+// Symmetry by construction: every path is computed by the same code on operands of the same shape.
+//  * Recurrent GEMMs (own kernels): every output element is one sequential chain of fused multiply-adds over
+//    the reduction index, whatever its position in a vector or a block, so the result does not depend on
+//    where a path's rows sit. Weights are packed per path into buffers of their own.
+//  * Library GEMMs (input projection, weight gradients, and the recurrent GEMM where measured faster): one call
+//    per path on operands of the same shape, each in a buffer of its own (64-byte aligned by ATen's CPU
+//    allocator), so the library takes the same code path for every path.
+//  * Pointwise loops: at::vec::Vectorized<T> over hidden units; the last, partial vector of a row is loaded and
+//    stored with Vectorized::loadu(ptr, count) / store(ptr, count), so every element goes through the same
+//    vector instructions (no scalar tail loop). The build uses -ffp-contract=off, so the arithmetic is exactly
+//    what is written here (fused multiply-adds only where at::vec::fmadd says so).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+#include <cstdint>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace crnn {
+
+using at::Tensor;
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+constexpr int LSTM = 0, PEEPHOLE = 1, GRU = 2;
+template <int KIND>
+constexpr int gates() { return KIND == GRU ? 3 : 4; }
+
+// Register blocking by ISA (vector registers: 32 with AVX-512, 16 with AVX2). Forward: MR batch rows x G gate
+// vectors of one unit block in accumulators. Backward: BWD_MR rows x BWD_NR unit blocks. Chosen by measuring the
+// kernels alone (one thread, weights in L1 / L2, GFLOP/s) on a Xeon (Sapphire Rapids) with each build:
+//   AVX-512  forward G=4: MR 2/3/4/6 = 131/151/166/178; G=3: MR 4/6/8 = 155/165/172;
+//            backward MRxNR 4x4 / 6x4 / 8x3 = 141/165/163
+//   AVX2     forward G=4: MR 2/3/4 = 82/96/67 (MR 4 spills); G=3: MR 2/3/4/6 = 70/90/103/69;
+//            backward 3x2 / 4x2 / 3x3 / 4x3 / 4x4 = 75/89/98/104/68
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int FWD_MR4 = 6, FWD_MR3 = 8, BWD_MR = 6, BWD_NR = 4;
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr int FWD_MR4 = 3, FWD_MR3 = 4, BWD_MR = 4, BWD_NR = 3;
+#else
+constexpr int FWD_MR4 = 2, FWD_MR3 = 2, BWD_MR = 2, BWD_NR = 2;
+#endif
+template <int KIND>
+constexpr int fwd_mr() { return gates<KIND>() == 3 ? FWD_MR3 : FWD_MR4; }
+
+const char* capability() {
+#if defined(CPU_CAPABILITY_AVX512)
+  return "AVX512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  return "AVX2";
+#else
+  return "DEFAULT";
+#endif
+}
+
+// ---- activations -------------------------------------------------------------------------------------------
+// sigmoid(x) = 1 / (1 + exp(-x)); float32 tanh(x) = 1 - 2 / (exp(2x) + 1); lane by lane, NaN in -> NaN out.
+// float64: Sleef's exp and tanh (1 ulp) and true division.
+// float32 on AVX-512 / AVX2: exp by n = round(x log2 e), r = x - n ln 2 (two constants), a degree-6 polynomial for
+// e^r and scaling by 2^n (scalef / exponent bits), about 1 ulp; the argument is clamped to [-87, 80], so 1 + exp()
+// is finite and normal; 1 / y by the ISA's reciprocal estimate and one Newton step (about 1 ulp; a division costs
+// ~10 cycles a vector and an LSTM path step needs five). Elsewhere (generic Vectorized): ATen's exp and division.
+// Saturation: sigmoid(x < -80) = 1.8e-35 (not 0), tanh(|x| > 40) = +-1.
+template <typename T>
+inline Vec<T> v_sigmoid(const Vec<T>& x) {
+  const Vec<T> one(T(1));
+  return one / (one + x.neg().exp());
+}
+template <typename T>
+inline Vec<T> v_tanh(const Vec<T>& x) { return x.tanh(); }
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+using vf = __m512;
+#define CRNN(op) _mm512_##op
+#else
+using vf = __m256;
+#define CRNN(op) _mm256_##op
+#endif
+inline vf expf_clamped(vf x) {
+  x = CRNN(min_ps)(CRNN(set1_ps)(80.f), CRNN(max_ps)(CRNN(set1_ps)(-87.f), x));  // NaN passes (second operand)
+#if defined(CPU_CAPABILITY_AVX512)
+  const vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  const vf n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#endif
+  vf r = CRNN(fnmadd_ps)(n, CRNN(set1_ps)(0.693359375f), x);
+  r = CRNN(fnmadd_ps)(n, CRNN(set1_ps)(-2.12194440e-4f), r);
+  vf p = CRNN(set1_ps)(1.f / 720.f);
+  p = CRNN(fmadd_ps)(p, r, CRNN(set1_ps)(1.f / 120.f));
+  p = CRNN(fmadd_ps)(p, r, CRNN(set1_ps)(1.f / 24.f));
+  p = CRNN(fmadd_ps)(p, r, CRNN(set1_ps)(1.f / 6.f));
+  p = CRNN(fmadd_ps)(p, r, CRNN(set1_ps)(0.5f));
+  p = CRNN(fmadd_ps)(p, r, CRNN(set1_ps)(1.f));
+  p = CRNN(fmadd_ps)(p, r, CRNN(set1_ps)(1.f));
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_scalef_ps(p, n);
+#else
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+#endif
+}
+inline vf rcpf(vf y) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const vf r = _mm512_rcp14_ps(y);  // 14 bits
+#else
+  const vf r = _mm256_rcp_ps(y);  // 12 bits
+#endif
+  return CRNN(fmadd_ps)(r, CRNN(fnmadd_ps)(y, r, CRNN(set1_ps)(1.f)), r);  // r (2 - y r)
+}
+template <>
+inline Vec<float> v_sigmoid<float>(const Vec<float>& x) {
+  const vf one = CRNN(set1_ps)(1.f);
+  return rcpf(CRNN(add_ps)(one, expf_clamped(CRNN(sub_ps)(CRNN(setzero_ps)(), x))));
+}
+template <>
+inline Vec<float> v_tanh<float>(const Vec<float>& x) {
+  const vf one = CRNN(set1_ps)(1.f);
+  const vf xv = x;
+  return CRNN(fnmadd_ps)(CRNN(set1_ps)(2.f), rcpf(CRNN(add_ps)(expf_clamped(CRNN(add_ps)(xv, xv)), one)), one);
+}
+#undef CRNN
+#endif
+
+inline int tail(int64_t H, int64_t j0, int V) { return static_cast<int>(std::min<int64_t>(V, H - j0)); }
+
+// ---- operands of one direction -----------------------------------------------------------------------------
+// Time t of the direction's sequence; step s = t (forward) or T-1-t (reverse). State slots (cell states and
+// the backward's h_prev): forward c_t is at slot t+1, c_{t-1} at slot t (slot 0: c_0); reverse c_t at slot t,
+// the previous (c_{t+1}) at slot t+1 (slot T: c_0).
+template <typename T>
+struct Dir {
+  int64_t T_ = 0, B = 0, H = 0, K = 0, D = 1, d = 0, nub = 0;
+  bool reverse = false;
+  // per path
+  std::vector<const T*> pf;    // forward panels (nub, H, G, V): W_hh^T of unit block u, gate-interleaved
+  std::vector<const T*> pb;    // backward panels (nub, G H, V): W_hh columns of unit block u
+  std::vector<const T*> bx;    // bias of the input side (G H): b_ih + b_hh (LSTM kinds), b_ih (GRU), or null
+  std::vector<const T*> bh;    // GRU: b_hh (G H) or null
+  std::vector<const T*> peep;  // peephole (3H) or null
+  std::vector<T*> gx;          // (n, B, G H): input projection; in training overwritten by the activations
+  std::vector<T*> gh;          // GRU, library GEMM: (B, G H) h W_hh^T + b_hh of this step
+  std::vector<T*> c;           // (slots, B, H) cell states (training: T+1 slots; inference: 1, in place)
+  std::vector<T*> hn;          // GRU training: (T, B, H) W_hn h + b_hn
+  std::vector<T*> dgx, dgh;    // backward: (T, B, G H) gradients of the pre-activations (input / recurrent side)
+  std::vector<T*> dc;          // backward: (B, H) gradient of the cell state, carried
+  std::vector<T*> dpeep;       // backward: (3H) peephole gradient
+  std::vector<T*> dbx, dbh;    // backward: (G H) gradients of the input-side / GRU's recurrent bias
+  const T* h0 = nullptr;       // (B, H)
+  T* y = nullptr;              // (T, B, D H): this direction's columns start at d H
+  const T* dy = nullptr;       // backward: (T, B, D H)
+  T* dh = nullptr;             // backward: (B, H) gradient of h at the current step
+  T* dir = nullptr;            // backward, GRU: (B, H) direct term sum_k dout_k z_k
+  bool train = false, own = true;
+
+  int64_t ys() const { return D * H; }
+  const T* hprev(int64_t t) const {  // h_{t-1} (forward) / h_{t+1} (reverse), rows of stride hs(t)
+    if (!reverse) return t == 0 ? h0 : y + (t - 1) * B * ys() + d * H;
+    return t == T_ - 1 ? h0 : y + (t + 1) * B * ys() + d * H;
+  }
+  int64_t hs(int64_t t) const { return (reverse ? t == T_ - 1 : t == 0) ? H : ys(); }
+  int64_t slot_new(int64_t t) const { return reverse ? t : t + 1; }
+  int64_t slot_prev(int64_t t) const { return reverse ? t + 1 : t; }
+  int64_t time(int64_t s) const { return reverse ? T_ - 1 - s : s; }
+};
+
+// ---- forward: one block of MR batch rows x one unit block, every path ----------------------------------------
+// The recurrent GEMM of one block: acc[r][g] += sum_m h[r][m] W^T[m][g, unit block], one fused multiply-add per m
+// in order. Not inlined, so that its accumulators own the vector registers (inlined into the pointwise code, the
+// compiler kept the pointwise constants in registers and spilled accumulators). pre: the next panel, prefetched
+// into L2 line by line as this one is read (at H = 512 a path's panels do not fit in L2; read from L3 without
+// prefetching, the first pass over a panel ran at a third of the speed), or null.
+template <typename T, int G, int MR, bool PF>
+inline void fwd_gemm_loop(const T* __restrict h, int64_t hs, const T* __restrict w, int64_t H, Vec<T>* __restrict accp,
+                          const T* pre) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  constexpr int LINE = 64 / sizeof(T);
+  VT acc[MR][G];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) acc[r][g] = accp[r * G + g];
+  for (int64_t m = 0; m < H; ++m, w += G * V) {
+    if constexpr (PF) {
+#pragma GCC unroll 4
+      for (int q = 0; q < G * V; q += LINE) __builtin_prefetch(pre + m * G * V + q, 0, 2);
+    }
+    VT wv[G];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) wv[g] = VT::loadu(w + g * V);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const VT hb(h[r * hs + m]);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) acc[r][g] = at::vec::fmadd(hb, wv[g], acc[r][g]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) accp[r * G + g] = acc[r][g];
+}
+
+template <typename T, int G, int MR>
+__attribute__((noinline)) void fwd_gemm(const T* h, int64_t hs, const T* w, int64_t H, Vec<T>* accp,
+                                        const T* pre = nullptr) {
+  if (pre)
+    fwd_gemm_loop<T, G, MR, true>(h, hs, w, H, accp, pre);
+  else
+    fwd_gemm_loop<T, G, MR, false>(h, hs, w, H, accp, pre);
+}
+
+// The accumulators of MR rows of one path: initialised from the input projection (LSTM kinds: the whole
+// pre-activation; GRU: the recurrent term alone, b_hh or a library GEMM's h W_hh^T + b_hh), then the own GEMM.
+template <typename T, int KIND, int MR>
+inline void fwd_acc(const Dir<T>& a, int64_t t, int64_t gx_step, int64_t k, int64_t u, int64_t rb, Vec<T>* acc,
+                    const T* pre) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  constexpr int G = gates<KIND>();
+  const int64_t H = a.H, GH = G * H, B = a.B, j0 = u * V;
+  const int cnt = tail(H, j0, V);
+  if constexpr (KIND == GRU) {
+    const T* ri = a.own ? a.bh[k] : a.gh[k] + rb * GH;
+    const int64_t rs = a.own ? 0 : GH;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) acc[r * G + g] = ri ? VT::loadu(ri + r * rs + g * H + j0, cnt) : VT(T(0));
+  } else {
+    const T* gx = a.gx[k] + gx_step * B * GH + rb * GH + j0;
+    VT bias[G];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) bias[g] = a.bx[k] ? VT::loadu(a.bx[k] + g * H + j0, cnt) : VT(T(0));
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) acc[r * G + g] = VT::loadu(gx + r * GH + g * H, cnt) + bias[g];
+  }
+  if (a.own) fwd_gemm<T, G, MR>(a.hprev(t) + rb * a.hs(t), a.hs(t), a.pf[k] + u * a.H * G * V, a.H, acc, pre);
+}
+
+template <typename T, int KIND, int M>
+inline void fwd_acc_tail(const Dir<T>& a, int64_t t, int64_t gs, int64_t k, int64_t u, int64_t rb, int64_t rem,
+                         Vec<T>* acc, const T* pre) {
+  if constexpr (M >= 1) {
+    if (rem == M)
+      fwd_acc<T, KIND, M>(a, t, gs, k, u, rb, acc, pre);
+    else
+      fwd_acc_tail<T, KIND, M - 1>(a, t, gs, k, u, rb, rem, acc, pre);
+  }
+}
+
+// The pointwise step of one batch row of one unit block, every path, from the accumulators (acc[k]: G vectors),
+// and the combination of the paths: h = sum (LSTM kinds) or mean (GRU) of their outputs, stored at h_t.
+template <typename T, int KIND>
+inline void fwd_row(const Dir<T>& a, int64_t t, int64_t gx_step, int64_t cp, int64_t cn, int64_t u, int64_t b,
+                    const Vec<T>* acc, int64_t kstride) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  constexpr int G = gates<KIND>();
+  const int64_t H = a.H, GH = G * H, B = a.B, j0 = u * V;
+  const int cnt = tail(H, j0, V);
+  const VT one(T(1));
+  VT hsum;
+  for (int64_t k = 0; k < a.K; ++k, acc += kstride) {
+    T* row = a.gx[k] + gx_step * B * GH + b * GH + j0;  // the input projection; activations when training
+    VT out;
+    if constexpr (KIND == GRU) {
+      VT xr = VT::loadu(row, cnt), xz = VT::loadu(row + H, cnt), xn = VT::loadu(row + 2 * H, cnt);
+      if (a.bx[k]) {
+        xr = xr + VT::loadu(a.bx[k] + j0, cnt);
+        xz = xz + VT::loadu(a.bx[k] + H + j0, cnt);
+        xn = xn + VT::loadu(a.bx[k] + 2 * H + j0, cnt);
+      }
+      const VT rg = v_sigmoid<T>(xr + acc[0]);
+      const VT z = v_sigmoid<T>(xz + acc[1]);
+      const VT n = v_tanh<T>(xn + rg * acc[2]);
+      const VT h = VT::loadu(a.hprev(t) + b * a.hs(t) + j0, cnt);
+      out = (one - z) * n + z * h;
+      if (a.train) {
+        rg.store(row, cnt);
+        z.store(row + H, cnt);
+        n.store(row + 2 * H, cnt);
+        acc[2].store(a.hn[k] + t * B * H + b * H + j0, cnt);
+      }
+    } else {
+      const int64_t co = b * H + j0;
+      T* cbase = a.c[k];
+      const VT c0 = VT::loadu(cbase + cp * B * H + co, cnt);
+      VT ai = acc[0], af = acc[1], ao = acc[3];
+      VT wco;
+      if constexpr (KIND == PEEPHOLE) {
+        ai = at::vec::fmadd(VT::loadu(a.peep[k] + j0, cnt), c0, ai);
+        af = at::vec::fmadd(VT::loadu(a.peep[k] + H + j0, cnt), c0, af);
+        wco = VT::loadu(a.peep[k] + 2 * H + j0, cnt);
+      }
+      const VT i = v_sigmoid<T>(ai), f = v_sigmoid<T>(af), g = v_tanh<T>(acc[2]);
+      const VT c1 = at::vec::fmadd(f, c0, i * g);
+      if constexpr (KIND == PEEPHOLE) ao = at::vec::fmadd(wco, c1, ao);
+      const VT o = v_sigmoid<T>(ao);
+      out = o * v_tanh<T>(c1);
+      c1.store(cbase + cn * B * H + co, cnt);
+      if (a.train) {
+        i.store(row, cnt);
+        f.store(row + H, cnt);
+        g.store(row + 2 * H, cnt);
+        o.store(row + 3 * H, cnt);
+      }
+    }
+    hsum = k == 0 ? out : hsum + out;
+  }
+  if (KIND == GRU && a.K > 1) hsum = hsum / VT(T(a.K));  // the mean of the paths' updates
+  hsum.store(a.y + t * B * a.ys() + a.d * H + b * a.ys() + j0, cnt);
+}
+
+// Rows per group: the accumulators of a group (K paths x rows x G vectors) stay in L1 between the GEMM and the
+// pointwise pass.
+template <typename T, int KIND>
+int64_t fwd_group_rows(int64_t K) {
+  constexpr int MR = fwd_mr<KIND>();
+  const int64_t bytes = K * gates<KIND>() * static_cast<int64_t>(sizeof(Vec<T>));
+  return std::max<int64_t>(MR, 24 * 1024 / bytes);
+}
+
+// One step for the unit blocks [u0, u1), every batch row: per group of rows, every path's GEMM (register blocks
+// of MR rows), then the pointwise pass row by row. scratch: K * group rows * G vectors.
+template <typename T, int KIND>
+void fwd_units(const Dir<T>& a, int64_t t, int64_t gs, int64_t cp, int64_t cn, int64_t u0, int64_t u1,
+               Vec<T>* scratch) {
+  constexpr int MR = fwd_mr<KIND>();
+  constexpr int G = gates<KIND>();
+  // groups of equal size (B = 64 with at most 30 rows a group: 32 + 32, not 30 + 30 + 4)
+  const int64_t ngroups = (a.B + fwd_group_rows<T, KIND>(a.K) - 1) / fwd_group_rows<T, KIND>(a.K);
+  const int64_t RG = (a.B + ngroups - 1) / ngroups;
+  const int64_t kstride = RG * G;
+  for (int64_t u = u0; u < u1; ++u) {
+    for (int64_t g0 = 0; g0 < a.B; g0 += RG) {
+      const int64_t g1 = std::min(a.B, g0 + RG);
+      for (int64_t k = 0; k < a.K; ++k) {
+        Vec<T>* acc = scratch + k * kstride;
+        // register blocks of balanced sizes (B = 8 with MR = 6: 4 + 4, not 6 + 2)
+        const int64_t n = g1 - g0, nb = (n + MR - 1) / MR;
+        // the last block of the last group prefetches this path's panel of the next unit block
+        const T* next = a.own && g1 == a.B && u + 1 < u1 ? a.pf[k] + (u + 1) * a.H * G * Vec<T>::size() : nullptr;
+        for (int64_t i = 0; i < nb; ++i) {
+          const int64_t r0 = g0 + n * i / nb, r1 = g0 + n * (i + 1) / nb;
+          fwd_acc_tail<T, KIND, MR>(a, t, gs, k, u, r0, r1 - r0, acc + (r0 - g0) * G, i == nb - 1 ? next : nullptr);
+        }
+      }
+      for (int64_t b = g0; b < g1; ++b) fwd_row<T, KIND>(a, t, gs, cp, cn, u, b, scratch + (b - g0) * G, kstride);
+    }
+  }
+}
+
+// ---- backward, phase A: pointwise backward of one unit block at time t, every path and row -------------------
+template <typename T, int KIND>
+void bwd_pointwise(const Dir<T>& a, int64_t t, int64_t u) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  constexpr int G = gates<KIND>();
+  const int64_t H = a.H, GH = G * H, B = a.B, j0 = u * V;
+  const int cnt = tail(H, j0, V);
+  const VT one(T(1));
+  for (int64_t k = 0; k < a.K; ++k) {
+    const T* act = a.gx[k] + t * B * GH + j0;
+    T* dgx = a.dgx[k] + t * B * GH + j0;
+    if constexpr (KIND == GRU) {
+      T* dgh = a.dgh[k] + t * B * GH + j0;
+      const T* hn = a.hn[k] + t * B * H + j0;
+      const T* hp = a.hprev(t) + j0;
+      const int64_t hs = a.hs(t);
+      VT sr(T(0)), sz(T(0)), sn(T(0)), shn(T(0));  // this step's column sums (bias gradients)
+      for (int64_t b = 0; b < B; ++b) {
+        const VT dh = VT::loadu(a.dh + b * H + j0, cnt);
+        const VT dout = a.K > 1 ? dh / VT(T(a.K)) : dh;
+        const T* row = act + b * GH;
+        const VT r = VT::loadu(row, cnt), z = VT::loadu(row + H, cnt), n = VT::loadu(row + 2 * H, cnt);
+        const VT hnv = VT::loadu(hn + b * H, cnt), h = VT::loadu(hp + b * hs, cnt);
+        const VT dn = dout * (one - z);
+        const VT dz = dout * (h - n);
+        const VT dan = dn * (one - n * n);
+        const VT dar = dan * hnv * r * (one - r);
+        const VT daz = dz * z * (one - z);
+        T* gxr = dgx + b * GH;
+        T* ghr = dgh + b * GH;
+        dar.store(gxr, cnt);
+        daz.store(gxr + H, cnt);
+        dan.store(gxr + 2 * H, cnt);
+        const VT dhn = dan * r;
+        dar.store(ghr, cnt);
+        daz.store(ghr + H, cnt);
+        dhn.store(ghr + 2 * H, cnt);
+        sr = sr + dar;
+        sz = sz + daz;
+        sn = sn + dan;
+        shn = shn + dhn;
+        VT direct = dout * z;
+        if (k > 0) direct = VT::loadu(a.dir + b * H + j0, cnt) + direct;
+        direct.store(a.dir + b * H + j0, cnt);
+      }
+      if (a.dbx[k]) {
+        T* db = a.dbx[k] + j0;
+        (VT::loadu(db, cnt) + sr).store(db, cnt);
+        (VT::loadu(db + H, cnt) + sz).store(db + H, cnt);
+        (VT::loadu(db + 2 * H, cnt) + sn).store(db + 2 * H, cnt);
+      }
+      if (a.dbh[k]) {
+        T* db = a.dbh[k] + j0;
+        (VT::loadu(db, cnt) + sr).store(db, cnt);
+        (VT::loadu(db + H, cnt) + sz).store(db + H, cnt);
+        (VT::loadu(db + 2 * H, cnt) + shn).store(db + 2 * H, cnt);
+      }
+    } else {
+      const T* cprev = a.c[k] + a.slot_prev(t) * B * H + j0;
+      const T* cnew = a.c[k] + a.slot_new(t) * B * H + j0;
+      T* dcb = a.dc[k] + j0;
+      VT wci, wcf, wco, sci(T(0)), scf(T(0)), sco(T(0));
+      VT si(T(0)), sf(T(0)), sg(T(0)), so(T(0));  // this step's column sums (bias gradients)
+      if constexpr (KIND == PEEPHOLE) {
+        wci = VT::loadu(a.peep[k] + j0, cnt);
+        wcf = VT::loadu(a.peep[k] + H + j0, cnt);
+        wco = VT::loadu(a.peep[k] + 2 * H + j0, cnt);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        const VT dh = VT::loadu(a.dh + b * H + j0, cnt);
+        const T* row = act + b * GH;
+        const VT i = VT::loadu(row, cnt), f = VT::loadu(row + H, cnt), g = VT::loadu(row + 2 * H, cnt),
+                 o = VT::loadu(row + 3 * H, cnt);
+        const VT c0 = VT::loadu(cprev + b * H, cnt), c1 = VT::loadu(cnew + b * H, cnt);
+        const VT tc = v_tanh<T>(c1);
+        const VT dao = dh * tc * o * (one - o);
+        VT dc = at::vec::fmadd(dh * o, one - tc * tc, VT::loadu(dcb + b * H, cnt));
+        if constexpr (KIND == PEEPHOLE) dc = at::vec::fmadd(dao, wco, dc);
+        const VT dai = dc * g * i * (one - i);
+        const VT daf = dc * c0 * f * (one - f);
+        const VT dag = dc * i * (one - g * g);
+        VT dcp = dc * f;
+        if constexpr (KIND == PEEPHOLE) {
+          dcp = at::vec::fmadd(dai, wci, dcp);
+          dcp = at::vec::fmadd(daf, wcf, dcp);
+          sci = at::vec::fmadd(dai, c0, sci);
+          scf = at::vec::fmadd(daf, c0, scf);
+          sco = at::vec::fmadd(dao, c1, sco);
+        }
+        T* gr = dgx + b * GH;
+        dai.store(gr, cnt);
+        daf.store(gr + H, cnt);
+        dag.store(gr + 2 * H, cnt);
+        dao.store(gr + 3 * H, cnt);
+        dcp.store(dcb + b * H, cnt);
+        si = si + dai;
+        sf = sf + daf;
+        sg = sg + dag;
+        so = so + dao;
+      }
+      if (a.dbx[k]) {
+        T* db = a.dbx[k] + j0;
+        (VT::loadu(db, cnt) + si).store(db, cnt);
+        (VT::loadu(db + H, cnt) + sf).store(db + H, cnt);
+        (VT::loadu(db + 2 * H, cnt) + sg).store(db + 2 * H, cnt);
+        (VT::loadu(db + 3 * H, cnt) + so).store(db + 3 * H, cnt);
+      }
+      if constexpr (KIND == PEEPHOLE) {
+        T* dp = a.dpeep[k] + j0;
+        (VT::loadu(dp, cnt) + sci).store(dp, cnt);
+        (VT::loadu(dp + H, cnt) + scf).store(dp + H, cnt);
+        (VT::loadu(dp + 2 * H, cnt) + sco).store(dp + 2 * H, cnt);
+      }
+    }
+  }
+}
+
+// ---- backward, phase B: dh_prev for MR rows x NR unit blocks = dy_prev (+ direct) + sum_k dG_k W_hh,k ---------
+// acc[r][n] += sum_m dG[r][m] W[m][unit block u + n], one fused multiply-add per m in order (not inlined: see
+// fwd_gemm).
+template <typename T, int MR, int NR, bool PF>
+inline void bwd_gemm_loop(const T* __restrict dg, const T* __restrict w, int64_t GH, Vec<T>* __restrict accp,
+                          const T* pre) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  constexpr int LINE = 64 / sizeof(T);
+  VT acc[MR][NR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) acc[r][n] = accp[r * NR + n];
+  for (int64_t m = 0; m < GH; ++m) {
+    if constexpr (PF) {
+      if (m * V % LINE == 0) {
+#pragma GCC unroll 4
+        for (int n = 0; n < NR; ++n) __builtin_prefetch(pre + n * GH * V + m * V, 0, 2);
+      }
+    }
+    VT wv[NR];
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) wv[n] = VT::loadu(w + n * GH * V + m * V);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const VT bc(dg[r * GH + m]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NR; ++n) acc[r][n] = at::vec::fmadd(bc, wv[n], acc[r][n]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) accp[r * NR + n] = acc[r][n];
+}
+
+// pre: the next group of NR panels (prefetched into L2 as these are read), or null; see fwd_gemm.
+template <typename T, int MR, int NR>
+__attribute__((noinline)) void bwd_gemm(const T* dg, const T* w, int64_t GH, Vec<T>* accp, const T* pre) {
+  if (pre)
+    bwd_gemm_loop<T, MR, NR, true>(dg, w, GH, accp, pre);
+  else
+    bwd_gemm_loop<T, MR, NR, false>(dg, w, GH, accp, pre);
+}
+
+// un: the first unit block of the next group, whose panels this block prefetches (-1: none).
+template <typename T, int KIND, int MR, int NR>
+inline void bwd_block(const Dir<T>& a, int64_t t, const T* dyp, int64_t u, int64_t rb, int64_t un) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  constexpr int G = gates<KIND>();
+  const int64_t H = a.H, GH = G * H, B = a.B;
+  int cnt[NR];
+#pragma GCC unroll 4
+  for (int n = 0; n < NR; ++n) cnt[n] = tail(H, (u + n) * V, V);
+  VT acc[MR][NR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) {
+      const int64_t j = (u + n) * V;
+      VT v = dyp ? VT::loadu(dyp + (rb + r) * a.ys() + j, cnt[n]) : VT(T(0));
+      if constexpr (KIND == GRU) v = v + VT::loadu(a.dir + (rb + r) * H + j, cnt[n]);
+      acc[r][n] = v;
+    }
+  for (int64_t k = 0; k < a.K; ++k)
+    bwd_gemm<T, MR, NR>((KIND == GRU ? a.dgh[k] : a.dgx[k]) + t * B * GH + rb * GH, a.pb[k] + u * GH * V, GH,
+                        &acc[0][0], un >= 0 ? a.pb[k] + un * GH * V : nullptr);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) acc[r][n].store(a.dh + (rb + r) * H + (u + n) * V, cnt[n]);
+}
+
+template <typename T, int KIND, int MR, int N>
+inline void bwd_ntail(const Dir<T>& a, int64_t t, const T* dyp, int64_t u, int64_t rb, int64_t nr, int64_t un) {
+  if constexpr (N >= 1) {
+    if (nr == N)
+      bwd_block<T, KIND, MR, N>(a, t, dyp, u, rb, un);
+    else
+      bwd_ntail<T, KIND, MR, N - 1>(a, t, dyp, u, rb, nr, un);
+  }
+}
+
+template <typename T, int KIND, int M>
+inline void bwd_mtail(const Dir<T>& a, int64_t t, const T* dyp, int64_t u, int64_t rb, int64_t mr, int64_t nr,
+                      int64_t un) {
+  if constexpr (M >= 1) {
+    if (mr == M)
+      bwd_ntail<T, KIND, M, BWD_NR>(a, t, dyp, u, rb, nr, un);
+    else
+      bwd_mtail<T, KIND, M - 1>(a, t, dyp, u, rb, mr, nr, un);
+  }
+}
+
+template <typename T, int KIND>
+void bwd_gemm_units(const Dir<T>& a, int64_t t, const T* dyp, int64_t u0, int64_t u1) {
+  const int64_t nbr = (a.B + BWD_MR - 1) / BWD_MR;  // row blocks of balanced sizes
+  const int64_t ngr = (u1 - u0 + BWD_NR - 1) / BWD_NR;  // unit-block groups of balanced sizes
+  for (int64_t j = 0; j < ngr; ++j) {
+    const int64_t ua = u0 + (u1 - u0) * j / ngr, ub = u0 + (u1 - u0) * (j + 1) / ngr;
+    for (int64_t i = 0; i < nbr; ++i) {
+      const int64_t r0 = a.B * i / nbr, r1 = a.B * (i + 1) / nbr;
+      const int64_t un = i == nbr - 1 && ub + BWD_NR <= u1 ? ub : -1;  // prefetch the next group's panels
+      bwd_mtail<T, KIND, BWD_MR>(a, t, dyp, ua, r0, r1 - r0, ub - ua, un);
+    }
+  }
+}
+
+// ---- threads -------------------------------------------------------------------------------------------------
+// A time loop runs in one OpenMP parallel region (torch's OpenMP runtime, so torch.set_num_threads applies) as a
+// sequence of phases (a forward step; a backward step's pointwise part, then its GEMM), each a set of items (unit
+// blocks) that may run in any order. Thread i owns a contiguous range of the items (so the weight panels of its
+// units stay in its caches) and claims them in chunks; a thread done with its range takes what is left of the
+// others'. A phase starts when every item of the previous one is done. Unlike a barrier, no thread has to arrive:
+// where a thread is descheduled (the CPUs are shared with other processes), the others finish the phase without
+// it, and wait only for an item it had claimed. With one thread no region is opened.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+struct alignas(64) Counter {
+  std::atomic<int64_t> v{0};
+};
+
+inline void wait_until(const std::atomic<int64_t>& v, int64_t target) {
+  int spins = 0;
+  while (v.load(std::memory_order_acquire) < target) {
+    if (++spins < 256) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();  // waited long: the thread we wait for may need this CPU
+      spins = 0;
+    }
+  }
+}
+
+// body(phase, item0, item1, tid) computes items [item0, item1) of a phase; grain(phase): items a claim takes.
+template <typename Body, typename Grain>
+void run_phases(int64_t nt, int64_t nphases, int64_t nitems, const Grain& grain, const Body& body) {
+#ifdef _OPENMP
+  if (nt > 1 && nitems > 1) {
+    const int64_t maxt = std::max<int64_t>(nt, omp_get_max_threads());
+    std::vector<Counter> pos(maxt);  // claims in each thread's range, counted over every phase
+    Counter done;                    // items done, counted over every phase
+#pragma omp parallel
+    {
+      const int64_t tn = std::min<int64_t>(omp_get_num_threads(), maxt), tid = omp_get_thread_num();
+      if (tid < tn) {
+        for (int64_t p = 0; p < nphases; ++p) {
+          wait_until(done.v, p * nitems);
+          const int64_t g = grain(p);
+          for (int64_t j = 0; j < tn; ++j) {  // own range first, then the others'
+            const int64_t r = (tid + j) % tn;
+            const int64_t lo = nitems * r / tn, len = nitems * (r + 1) / tn - lo, end = (p + 1) * len;
+            int64_t c = pos[r].v.load(std::memory_order_relaxed);
+            while (c < end) {
+              const int64_t take = std::min(g, end - c);
+              if (!pos[r].v.compare_exchange_weak(c, c + take, std::memory_order_acq_rel)) continue;
+              const int64_t i0 = lo + c - p * len;
+              body(p, i0, i0 + take, tid);
+              done.v.fetch_add(take, std::memory_order_acq_rel);
+              c = pos[r].v.load(std::memory_order_relaxed);
+            }
+          }
+        }
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t p = 0; p < nphases; ++p) body(p, 0, nitems, 0);
+}
+
+// ---- packing --------------------------------------------------------------------------------------------------
+// Forward panels of one path's W_hh (G H, H): (nub, H, G, V), element [u][m][g][l] = W[g H + u V + l][m],
+// zero where u V + l >= H.
+// Unit blocks per thread when packing in parallel: at least 2^17 elements, so that small weights are packed by
+// the calling thread without waking the others.
+inline int64_t pack_grain(int64_t per_block) {
+  return std::max<int64_t>(1, ((int64_t(1) << 17) + per_block - 1) / per_block);
+}
+
+template <typename T>
+void pack_fwd_impl(const T* __restrict w, T* __restrict p, int64_t G, int64_t H, int64_t V) {
+  // transposed in tiles of 16 columns m x V units, so that reads and writes are both whole cache lines
+  constexpr int64_t MB = 16;
+  const int64_t nub = (H + V - 1) / V;
+  at::parallel_for(0, nub, pack_grain(G * H * V), [&](int64_t u0, int64_t u1) {
+    std::vector<T> tile(MB * V);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n = std::min<int64_t>(V, H - u * V);
+      for (int64_t m0 = 0; m0 < H; m0 += MB) {
+        const int64_t mb = std::min<int64_t>(MB, H - m0);
+        for (int64_t g = 0; g < G; ++g) {
+          for (int64_t l = 0; l < V; ++l) {
+            const T* src = w + (g * H + u * V + l) * H + m0;
+            for (int64_t mm = 0; mm < mb; ++mm) tile[mm * V + l] = l < n ? src[mm] : T(0);
+          }
+          for (int64_t mm = 0; mm < mb; ++mm) {
+            T* dst = p + ((u * H + m0 + mm) * G + g) * V;
+            for (int64_t l = 0; l < V; ++l) dst[l] = tile[mm * V + l];
+          }
+        }
+      }
+    }
+  });
+}
+
+Tensor pack_fwd(const Tensor& w, int64_t G, int64_t H, int64_t V) {
+  const int64_t nub = (H + V - 1) / V;
+  Tensor c = w.contiguous();
+  Tensor p = at::empty({nub, H, G, V}, w.options());
+  if (w.scalar_type() == at::kFloat)
+    pack_fwd_impl<float>(c.data_ptr<float>(), p.data_ptr<float>(), G, H, V);
+  else
+    pack_fwd_impl<double>(c.data_ptr<double>(), p.data_ptr<double>(), G, H, V);
+  return p;
+}
+
+// Backward panels: (nub, G H, V), element [u][m][l] = W[m][u V + l], zero where u V + l >= H.
+template <typename T>
+void pack_bwd_impl(const T* __restrict w, T* __restrict p, int64_t GH, int64_t H, int64_t V) {
+  const int64_t nub = (H + V - 1) / V;
+  at::parallel_for(0, nub, pack_grain(GH * V), [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n = std::min<int64_t>(V, H - u * V);
+      for (int64_t m = 0; m < GH; ++m) {
+        T* dst = p + (u * GH + m) * V;
+        const T* src = w + m * H + u * V;
+        for (int64_t l = 0; l < n; ++l) dst[l] = src[l];
+        for (int64_t l = n; l < V; ++l) dst[l] = T(0);
+      }
+    }
+  });
+}
+
+Tensor pack_bwd(const Tensor& w, int64_t G, int64_t H, int64_t V) {
+  const int64_t nub = (H + V - 1) / V;
+  Tensor c = w.contiguous();
+  Tensor p = at::empty({nub, G * H, V}, w.options());
+  if (w.scalar_type() == at::kFloat)
+    pack_bwd_impl<float>(c.data_ptr<float>(), p.data_ptr<float>(), G * H, H, V);
+  else
+    pack_bwd_impl<double>(c.data_ptr<double>(), p.data_ptr<double>(), G * H, H, V);
+  return p;
+}
+
+// Path k's rows of a (K R, ...) parameter, copied into a buffer of its own (same shape and alignment for every
+// path).
+Tensor own_rows(const Tensor& t, int64_t k, int64_t rows) {
+  return t.narrow(0, k * rows, rows).clone(at::MemoryFormat::Contiguous);
+}
+
+// Every path's rows of a contiguous (K R, C) weight as operands of the same shape and alignment: views when the
+// weight starts on a 64-byte boundary and a path's block is a multiple of 64 bytes (every path's view then starts
+// on one), otherwise copies of their own.
+std::vector<Tensor> path_operands(const Tensor& t, int64_t K, int64_t rows) {
+  const int64_t block = rows * t.stride(0) * static_cast<int64_t>(t.element_size());
+  const bool aligned = t.is_contiguous() && reinterpret_cast<uintptr_t>(t.data_ptr()) % 64 == 0 && block % 64 == 0;
+  std::vector<Tensor> out;
+  for (int64_t k = 0; k < K; ++k) out.push_back(aligned ? t.narrow(0, k * rows, rows) : own_rows(t, k, rows));
+  return out;
+}
+
+// ---- oneDNN packed GEMM (torch.ops.mkldnn._linear_pointwise, as torch's inductor uses it) ------------------------
+Tensor onednn_pack(const Tensor& w, int64_t rows) {  // w (out, in)
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_reorder_linear_weight", "")
+                       .typed<Tensor(const Tensor&, std::optional<int64_t>)>();
+  return op.call(w, rows);
+}
+
+Tensor onednn_linear_add(const Tensor& x, const Tensor& add, const Tensor& packed) {  // x W^T + add
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_linear_pointwise", "binary")
+                       .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                     c10::string_view)>();
+  return op.call(x, add, packed, std::nullopt, "add");
+}
+
+// GEMM modes of the recurrence: 0 own kernels (fused with the pointwise part), 1 at::addmm per path and step,
+// 2 oneDNN with the weight packed once per call (float32).
+constexpr int64_t GEMM_OWN = 0, GEMM_ADDMM = 1, GEMM_ONEDNN = 2;
+
+struct Layer {
+  int64_t kind, K, T_, B, I, H, D, G;
+};
+
+// ---- per-path operands of one direction ----------------------------------------------------------------------
+// Made at every call (a cache keyed by parameter versions would miss in-place writes through .data). Per path k,
+// 5 tensors: W_ih's rows (a view or an own copy, path_operands), the input-side bias (b_ih + b_hh for
+// LSTM kinds, b_ih for the GRU), GRU's b_hh, the peephole weights, and W_hh packed into forward panels (own GEMM);
+// undefined where absent.
+template <typename T, int KIND>
+std::vector<Tensor> prepare_dir(int64_t K, int64_t H, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
+                                const Tensor& b_hh, const Tensor& peep, bool own) {
+  constexpr int V = Vec<T>::size();
+  constexpr int G = gates<KIND>();
+  const int64_t GH = G * H;
+  std::vector<Tensor> wih = path_operands(w_ih, K, GH), out;
+  Tensor b;
+  if (KIND != GRU && (b_ih.defined() || b_hh.defined()))
+    b = b_ih.defined() && b_hh.defined() ? b_ih + b_hh : (b_ih.defined() ? b_ih : b_hh);
+  else if (KIND == GRU)
+    b = b_ih;
+  for (int64_t k = 0; k < K; ++k) {
+    out.push_back(wih[k]);
+    out.push_back(b.defined() ? own_rows(b, k, GH) : Tensor());
+    out.push_back(KIND == GRU && b_hh.defined() ? own_rows(b_hh, k, GH) : Tensor());
+    out.push_back(KIND == PEEPHOLE ? own_rows(peep, k, 3 * H) : Tensor());
+    out.push_back(own ? pack_fwd(w_hh.narrow(0, k * GH, GH), G, H, V) : Tensor());
+  }
+  return out;
+}
+
+// ---- forward -------------------------------------------------------------------------------------------------
+template <typename T, int KIND>
+std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                 const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
+                                 const std::vector<Tensor>& b_ih, const std::vector<Tensor>& b_hh,
+                                 const std::vector<Tensor>& peep, bool train, int64_t mode, int64_t threads,
+                                 int64_t chunk_rows) {
+  constexpr int V = Vec<T>::size();
+  constexpr int G = gates<KIND>();
+  const int64_t K = L.K, T_ = L.T_, B = L.B, I = L.I, H = L.H, D = L.D, GH = G * H;
+  const int64_t nub = (H + V - 1) / V;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, nub));
+  const auto opt = x.options();
+  const bool cell = KIND != GRU;
+  Tensor y = at::empty({T_, B, D * H}, opt);
+  Tensor h_n = at::empty({D, B, H}, opt);
+  Tensor c_n = cell ? at::empty({D, B, K * H}, opt) : Tensor();
+  std::vector<Tensor> saved_act, saved_state;  // per direction and path: activations; c (or GRU's hn)
+  const Tensor x2 = x.view({T_ * B, I});
+  const int64_t n = train ? T_ : std::max<int64_t>(1, std::min<int64_t>(T_, chunk_rows / std::max<int64_t>(B, 1)));
+
+  for (int64_t d = 0; d < D; ++d) {
+    Dir<T> a;
+    a.T_ = T_, a.B = B, a.H = H, a.K = K, a.D = D, a.d = d, a.nub = nub;
+    a.reverse = d == 1, a.train = train, a.own = mode == GEMM_OWN;
+    Tensor h0d = h0[d].contiguous();
+    a.h0 = h0d.data_ptr<T>();
+    a.y = y.data_ptr<T>();
+    const std::vector<Tensor> prep =
+        prepare_dir<T, KIND>(K, H, w_ih[d], w_hh[d], b_ih[d], b_hh[d], peep[d], mode == GEMM_OWN);
+    std::vector<Tensor> wih(K), bx(K), whh_lib(K), packed(K), bh_t(K), gx(K), gh(K), cst(K);
+    for (int64_t k = 0; k < K; ++k) {
+      wih[k] = prep[k * 5];
+      bx[k] = prep[k * 5 + 1];
+      bh_t[k] = prep[k * 5 + 2];
+      const Tensor& pk = prep[k * 5 + 3];
+      if (a.own) {
+        a.pf.push_back(prep[k * 5 + 4].data_ptr<T>());
+      } else {
+        Tensor whk = w_hh[d].narrow(0, k * GH, GH);
+        whh_lib[k] = whk.t().contiguous();  // (H, G H), own buffer
+        if (mode == GEMM_ONEDNN) packed[k] = onednn_pack(whk.clone(at::MemoryFormat::Contiguous), B);
+      }
+      a.bh.push_back(bh_t[k].defined() ? bh_t[k].data_ptr<T>() : nullptr);
+      a.bx.push_back(bx[k].defined() ? bx[k].data_ptr<T>() : nullptr);  // added in the kernel, not by the GEMM
+      a.peep.push_back(pk.defined() ? pk.data_ptr<T>() : nullptr);
+      gx[k] = at::empty({n, B, GH}, opt);
+      a.gx.push_back(gx[k].data_ptr<T>());
+      if (KIND == GRU && !a.own) {
+        gh[k] = at::empty({B, GH}, opt);
+        a.gh.push_back(gh[k].data_ptr<T>());
+      }
+      if (cell) {
+        cst[k] = at::empty({train ? T_ + 1 : 1, B, H}, opt);
+        cst[k][train && a.reverse ? T_ : 0].copy_(c0[d].narrow(1, k * H, H));
+        a.c.push_back(cst[k].data_ptr<T>());
+      } else if (train) {
+        cst[k] = at::empty({T_, B, H}, opt);  // GRU: hn
+        a.hn.push_back(cst[k].data_ptr<T>());
+      }
+    }
+
+    // Items a claim takes in a forward step: two unit blocks where a thread has several (the second's weight panels
+    // are prefetched while the first runs), else one.
+    auto fwd_grain = [&](int64_t) -> int64_t { return nub >= 4 * nt ? 2 : 1; };
+    // Per-thread accumulators of a group of rows (fwd_units).
+    const int64_t per_thread = K * fwd_group_rows<T, KIND>(K) * G * V;
+    Tensor scratch = at::empty({std::max<int64_t>(nt, at::get_num_threads()) * per_thread}, opt);
+    auto scratch_of = [&](int64_t tid) { return reinterpret_cast<Vec<T>*>(scratch.data_ptr<T>() + tid * per_thread); };
+
+    // The recurrent part of one step with a library GEMM: gates in memory, then the pointwise part over units.
+    auto lib_step = [&](int64_t t, int64_t gs, int64_t cp, int64_t cn) {
+      const int64_t hs = a.hs(t);
+      const T* hp = a.hprev(t);
+      Tensor hprev = at::from_blob(const_cast<T*>(hp), {B, H}, {hs, 1}, opt);
+      for (int64_t k = 0; k < K; ++k) {
+        Tensor gk = gx[k][gs];
+        Tensor target = KIND == GRU ? gh[k] : gk;
+        if (mode == GEMM_ONEDNN) {
+          Tensor add = KIND == GRU ? (bh_t[k].defined() ? bh_t[k].expand({B, GH}) : at::zeros({B, GH}, opt)) : gk;
+          target.copy_(onednn_linear_add(hprev.contiguous(), add.contiguous(), packed[k]));
+        } else if (KIND == GRU) {
+          if (bh_t[k].defined())
+            at::addmm_out(target, bh_t[k], hprev, whh_lib[k]);
+          else
+            at::mm_out(target, hprev, whh_lib[k]);
+        } else {
+          target.addmm_(hprev, whh_lib[k]);
+        }
+      }
+      at::parallel_for(0, nub, 1, [&](int64_t u0, int64_t u1) {
+        fwd_units<T, KIND>(a, t, gs, cp, cn, u0, u1, scratch_of(at::get_thread_num()));
+      });
+    };
+
+    if (train) {  // the input projection of every step, one GEMM per path, then the whole loop
+      for (int64_t k = 0; k < K; ++k) {
+        Tensor g2 = gx[k].view({T_ * B, GH});
+        at::mm_out(g2, x2, wih[k].t());
+      }
+      if (a.own) {
+        run_phases(nt, T_, nub, fwd_grain, [&](int64_t s, int64_t u0, int64_t u1, int64_t tid) {
+          const int64_t t = a.time(s);
+          fwd_units<T, KIND>(a, t, t, a.slot_prev(t), a.slot_new(t), u0, u1, scratch_of(tid));
+        });
+      } else {
+        for (int64_t s = 0; s < T_; ++s) {
+          const int64_t t = a.time(s);
+          lib_step(t, t, a.slot_prev(t), a.slot_new(t));
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        saved_act.push_back(gx[k]);
+        saved_state.push_back(cst[k]);
+      }
+    } else {  // inference: the input projection chunk by chunk into one reused buffer per path
+      const int64_t nchunks = (T_ + n - 1) / n;
+      for (int64_t q = 0; q < nchunks; ++q) {
+        const int64_t ci = a.reverse ? nchunks - 1 - q : q;
+        const int64_t s0 = ci * n, m = std::min(T_, s0 + n) - s0;
+        Tensor xc = x2.narrow(0, s0 * B, m * B);
+        for (int64_t k = 0; k < K; ++k) {
+          Tensor g2 = gx[k].view({n * B, GH}).narrow(0, 0, m * B);
+          at::mm_out(g2, xc, wih[k].t());
+        }
+        if (a.own) {
+          run_phases(nt, m, nub, fwd_grain, [&](int64_t qq, int64_t u0, int64_t u1, int64_t tid) {
+            const int64_t tl = a.reverse ? m - 1 - qq : qq;
+            fwd_units<T, KIND>(a, s0 + tl, tl, 0, 0, u0, u1, scratch_of(tid));
+          });
+        } else {
+          for (int64_t qq = 0; qq < m; ++qq) {
+            const int64_t tl = a.reverse ? m - 1 - qq : qq;
+            lib_step(s0 + tl, tl, 0, 0);
+          }
+        }
+      }
+    }
+    h_n[d].copy_(y[a.reverse ? 0 : T_ - 1].narrow(1, d * H, H));
+    if (cell)
+      for (int64_t k = 0; k < K; ++k)
+        c_n[d].narrow(1, k * H, H).copy_(cst[k][train ? (a.reverse ? 0 : T_) : 0]);
+  }
+  std::vector<Tensor> out{y, h_n, c_n};
+  out.insert(out.end(), saved_act.begin(), saved_act.end());
+  out.insert(out.end(), saved_state.begin(), saved_state.end());
+  return out;
+}
+
+// ---- backward --------------------------------------------------------------------------------------------------
+// needs: x, h0, c0, w_ih, w_hh, b_ih, b_hh, peephole.
+template <typename T, int KIND>
+std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                  const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
+                                  const std::vector<Tensor>& b_ih, const std::vector<Tensor>& b_hh,
+                                  const std::vector<Tensor>& peep, const Tensor& y, const std::vector<Tensor>& acts,
+                                  const std::vector<Tensor>& states, const Tensor& dy, const Tensor& dh_n,
+                                  const Tensor& dc_n, const std::vector<bool>& needs, int64_t mode, int64_t threads) {
+  constexpr int V = Vec<T>::size();
+  constexpr int G = gates<KIND>();
+  const int64_t K = L.K, T_ = L.T_, B = L.B, I = L.I, H = L.H, D = L.D, GH = G * H;
+  const int64_t nub = (H + V - 1) / V;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, nub));
+  const auto opt = x.options();
+  const bool cell = KIND != GRU;
+  const bool n_x = needs[0], n_h0 = needs[1], n_c0 = needs[2], n_wih = needs[3], n_whh = needs[4],
+             n_bih = needs[5], n_bhh = needs[6], n_peep = needs[7];
+  const Tensor x2 = x.view({T_ * B, I});
+  Tensor dx = n_x ? at::zeros({T_, B, I}, opt) : Tensor();
+  Tensor dx2 = n_x ? dx.view({T_ * B, I}) : Tensor();
+  Tensor dh0 = n_h0 ? at::empty({D, B, H}, opt) : Tensor();
+  Tensor dc0 = cell && n_c0 ? at::empty({D, B, K * H}, opt) : Tensor();
+  std::vector<Tensor> out_w;
+
+  for (int64_t d = 0; d < D; ++d) {
+    Dir<T> a;
+    a.T_ = T_, a.B = B, a.H = H, a.K = K, a.D = D, a.d = d, a.nub = nub;
+    a.reverse = d == 1, a.train = true, a.own = mode == GEMM_OWN;
+    Tensor h0d = h0[d].contiguous();
+    a.h0 = h0d.data_ptr<T>();
+    a.y = const_cast<T*>(y.data_ptr<T>());
+    a.dy = dy.data_ptr<T>();
+    std::vector<Tensor> keep, dgx(K), dgh(K), dcs(K), dps(K), dbx(K), dbh(K), whh_lib(K), packed(K);
+    for (int64_t k = 0; k < K; ++k) {
+      const Tensor& act = acts[d * K + k];
+      const Tensor& st = states[d * K + k];
+      a.gx.push_back(const_cast<T*>(act.data_ptr<T>()));
+      if (cell)
+        a.c.push_back(const_cast<T*>(st.data_ptr<T>()));
+      else
+        a.hn.push_back(const_cast<T*>(st.data_ptr<T>()));
+      Tensor whk = w_hh[d].narrow(0, k * GH, GH);
+      if (a.own) {
+        Tensor p = pack_bwd(whk, G, H, V);
+        keep.push_back(p);
+        a.pb.push_back(p.data_ptr<T>());
+      } else {
+        whh_lib[k] = whk.clone(at::MemoryFormat::Contiguous);  // (G H, H)
+        if (mode == GEMM_ONEDNN) packed[k] = onednn_pack(whk.t().contiguous(), B);
+      }
+      a.peep.push_back(KIND == PEEPHOLE ? (keep.push_back(own_rows(peep[d], k, 3 * H)), keep.back().data_ptr<T>())
+                                        : nullptr);
+      dgx[k] = at::empty({T_, B, GH}, opt);
+      a.dgx.push_back(dgx[k].data_ptr<T>());
+      if (KIND == GRU) {
+        dgh[k] = at::empty({T_, B, GH}, opt);
+        a.dgh.push_back(dgh[k].data_ptr<T>());
+      }
+      if (cell) {
+        dcs[k] = dc_n[d].narrow(1, k * H, H).clone(at::MemoryFormat::Contiguous);
+        a.dc.push_back(dcs[k].data_ptr<T>());
+      }
+      if (KIND == PEEPHOLE) {
+        dps[k] = at::zeros({3 * H}, opt);
+        a.dpeep.push_back(dps[k].data_ptr<T>());
+      }
+      const bool need_bx = KIND == GRU ? b_ih[d].defined() && n_bih
+                                       : (b_ih[d].defined() && n_bih) || (b_hh[d].defined() && n_bhh);
+      const bool need_bh = KIND == GRU && b_hh[d].defined() && n_bhh;
+      dbx[k] = need_bx ? at::zeros({GH}, opt) : Tensor();
+      dbh[k] = need_bh ? at::zeros({GH}, opt) : Tensor();
+      a.dbx.push_back(need_bx ? dbx[k].data_ptr<T>() : nullptr);
+      a.dbh.push_back(need_bh ? dbh[k].data_ptr<T>() : nullptr);
+    }
+    const int64_t t_first = a.reverse ? 0 : T_ - 1;
+    Tensor dh = (dh_n[d] + dy[t_first].narrow(1, d * H, H)).contiguous();  // (B, H)
+    a.dh = dh.data_ptr<T>();
+    Tensor dir = KIND == GRU ? at::empty({B, H}, opt) : Tensor();
+    a.dir = KIND == GRU ? dir.data_ptr<T>() : nullptr;
+    auto dy_prev = [&](int64_t s) -> const T* {  // forward step s: dy at the time of its h_prev; none for h_0
+      if (s == 0) return nullptr;
+      const int64_t tp = a.reverse ? a.time(s) + 1 : a.time(s) - 1;
+      return a.dy + tp * B * a.ys() + d * H;
+    };
+
+    if (a.own) {
+      // phases 2s (pointwise part) and 2s + 1 (dh_prev GEMM) of backward step s, walking the direction's steps
+      // in reverse
+      auto grain = [&](int64_t p) -> int64_t { return p % 2 ? BWD_NR : 1; };
+      run_phases(nt, 2 * T_, nub, grain, [&](int64_t p, int64_t u0, int64_t u1, int64_t) {
+        const int64_t st = T_ - 1 - p / 2;
+        const int64_t t = a.time(st);
+        if (p % 2 == 0) {
+          for (int64_t u = u0; u < u1; ++u) bwd_pointwise<T, KIND>(a, t, u);
+        } else {
+          bwd_gemm_units<T, KIND>(a, t, dy_prev(st), u0, u1);
+        }
+      });
+    } else {
+      for (int64_t s = 0; s < T_; ++s) {
+        const int64_t st = T_ - 1 - s;
+        const int64_t t = a.time(st);
+        at::parallel_for(0, nub, 1, [&](int64_t u0, int64_t u1) {
+          for (int64_t u = u0; u < u1; ++u) bwd_pointwise<T, KIND>(a, t, u);
+        });
+        const T* dyp = dy_prev(st);
+        Tensor init = dyp ? at::from_blob(const_cast<T*>(dyp), {B, H}, {a.ys(), 1}, opt) : Tensor();
+        if (init.defined())
+          dh.copy_(init);
+        else
+          dh.zero_();
+        if (KIND == GRU) dh.add_(dir);
+        for (int64_t k = 0; k < K; ++k) {
+          Tensor g = (KIND == GRU ? dgh[k] : dgx[k])[t];
+          if (mode == GEMM_ONEDNN)
+            dh.copy_(onednn_linear_add(g, dh, packed[k]));
+          else
+            dh.addmm_(g, whh_lib[k]);
+        }
+      }
+    }
+    if (n_h0) dh0[d].copy_(dh);
+    if (cell && n_c0)
+      for (int64_t k = 0; k < K; ++k) dc0[d].narrow(1, k * H, H).copy_(dcs[k]);
+
+    keep.clear();  // the packed panels are not needed any more: free them before the weight gradients
+    whh_lib.clear();
+    packed.clear();
+
+    // Gradients of the parameters and of x: one GEMM per path over every step. Each path's product goes into a
+    // buffer of its own (the same shape and alignment for every path), copied into the path's rows of the
+    // gradient before the next path's is made.
+    const int64_t I_ = x2.size(1);
+    Tensor gwi = n_wih ? at::empty({K * GH, I_}, opt) : Tensor();
+    Tensor gwh = n_whh ? at::empty({K * GH, H}, opt) : Tensor();
+    std::vector<Tensor> gb_x, gb_h, gp;
+    for (int64_t k = 0; k < K; ++k) {
+      Tensor gxk = dgx[k].view({T_ * B, GH});
+      Tensor ghk = (KIND == GRU ? dgh[k] : dgx[k]).view({T_ * B, GH});
+      // (X^T dG)^T rather than dG^T X: MKL runs the tall-skinny product ~1.4x faster this way round
+      if (n_wih) gwi.narrow(0, k * GH, GH).copy_(at::mm(x2.t(), gxk).t());
+      if (n_whh) {
+        // h_prev of time t: y at t-1 (forward) / t+1 (reverse), h_0 at the first step
+        Tensor yd = y.narrow(2, d * H, H);
+        Tensor first = a.reverse ? ghk.narrow(0, (T_ - 1) * B, B) : ghk.narrow(0, 0, B);
+        Tensor g = at::mm(h0d.t(), first);  // (H, G H)
+        if (T_ > 1) {
+          Tensor rest = a.reverse ? ghk.narrow(0, 0, (T_ - 1) * B) : ghk.narrow(0, B, (T_ - 1) * B);
+          Tensor hp = (a.reverse ? yd.narrow(0, 1, T_ - 1) : yd.narrow(0, 0, T_ - 1)).reshape({(T_ - 1) * B, H});
+          g.addmm_(hp.t(), rest);
+        }
+        gwh.narrow(0, k * GH, GH).copy_(g.t());
+      }
+      if (dbx[k].defined()) gb_x.push_back(dbx[k]);
+      if (dbh[k].defined()) gb_h.push_back(dbh[k]);
+      if (KIND == PEEPHOLE && n_peep) gp.push_back(dps[k]);
+      if (n_x) {
+        Tensor wk = w_ih[d].narrow(0, k * GH, GH);
+        dx2.addmm_(gxk, wk);
+      }
+    }
+    Tensor gbi, gbh;
+    if (KIND == GRU) {
+      if (!gb_x.empty()) gbi = at::cat(gb_x);
+      if (!gb_h.empty()) gbh = at::cat(gb_h);
+    } else if (!gb_x.empty()) {
+      Tensor gb = at::cat(gb_x);
+      if (b_ih[d].defined() && n_bih) gbi = gb;
+      if (b_hh[d].defined() && n_bhh) gbh = gbi.defined() ? gb.clone() : gb;
+    }
+    Tensor gpe = !gp.empty() ? at::cat(gp) : Tensor();
+    out_w.insert(out_w.end(), {gwi, gwh, gbi, gbh, gpe});
+  }
+  std::vector<Tensor> out{dx, dh0, dc0};
+  out.insert(out.end(), out_w.begin(), out_w.end());
+  return out;
+}
+
+#ifndef CRNN_KERNELS_ONLY  // (a test harness can include the kernels alone)
+Layer layer_of(int64_t kind, int64_t K, const Tensor& x, const std::vector<Tensor>& w_hh) {
+  Layer L;
+  L.kind = kind, L.K = K, L.T_ = x.size(0), L.B = x.size(1), L.I = x.size(2);
+  L.H = w_hh[0].size(1), L.D = static_cast<int64_t>(w_hh.size()), L.G = kind == GRU ? 3 : 4;
+  return L;
+}
+
+void check_args(int64_t kind, int64_t K, const Tensor& x, const std::vector<Tensor>& w_hh) {
+  TORCH_CHECK(kind == LSTM || kind == PEEPHOLE || kind == GRU, "cerebral_rnn native: unknown kind ", kind);
+  TORCH_CHECK(K >= 1, "cerebral_rnn native: paths must be >= 1");
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "cerebral_rnn native: x must be a contiguous (T, B, I) tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "cerebral_rnn native: dtype must be float32 or float64");
+  TORCH_CHECK(w_hh.size() == 1 || w_hh.size() == 2, "cerebral_rnn native: one or two directions");
+}
+
+// Undefined tensors arrive from Python as None (std::optional); map them to undefined at::Tensor.
+std::vector<Tensor> defined(const std::vector<std::optional<Tensor>>& v) {
+  std::vector<Tensor> out;
+  for (const auto& t : v) out.push_back(t.has_value() ? t->contiguous() : Tensor());
+  return out;
+}
+
+template <typename F>
+auto dispatch(int64_t kind, at::ScalarType dt, const F& f) {
+  if (dt == at::kFloat) {
+    if (kind == LSTM) return f(float(), std::integral_constant<int, LSTM>());
+    if (kind == PEEPHOLE) return f(float(), std::integral_constant<int, PEEPHOLE>());
+    return f(float(), std::integral_constant<int, GRU>());
+  }
+  if (kind == LSTM) return f(double(), std::integral_constant<int, LSTM>());
+  if (kind == PEEPHOLE) return f(double(), std::integral_constant<int, PEEPHOLE>());
+  return f(double(), std::integral_constant<int, GRU>());
+}
+
+std::vector<Tensor> forward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::optional<Tensor> c0,
+                            std::vector<Tensor> w_ih, std::vector<Tensor> w_hh,
+                            std::vector<std::optional<Tensor>> b_ih, std::vector<std::optional<Tensor>> b_hh,
+                            std::vector<std::optional<Tensor>> peep, bool train, int64_t mode, int64_t threads,
+                            int64_t chunk_rows) {
+  check_args(kind, K, x, w_hh);
+  at::NoGradGuard no_grad;
+  const Layer L = layer_of(kind, K, x, w_hh);
+  for (auto& w : w_ih) w = w.contiguous();
+  for (auto& w : w_hh) w = w.contiguous();
+  const Tensor c = c0.has_value() ? *c0 : Tensor();
+  const auto bi = defined(b_ih), bh = defined(b_hh), pp = defined(peep);
+  return dispatch(kind, x.scalar_type(), [&](auto tv, auto kv) {
+    using T = decltype(tv);
+    return forward_impl<T, decltype(kv)::value>(L, x, h0, c, w_ih, w_hh, bi, bh, pp, train, mode, threads,
+                                                 chunk_rows);
+  });
+}
+
+std::vector<Tensor> backward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::optional<Tensor> c0,
+                             std::vector<Tensor> w_ih, std::vector<Tensor> w_hh,
+                             std::vector<std::optional<Tensor>> b_ih, std::vector<std::optional<Tensor>> b_hh,
+                             std::vector<std::optional<Tensor>> peep, Tensor y, std::vector<Tensor> acts,
+                             std::vector<Tensor> states, Tensor dy, Tensor dh_n, std::optional<Tensor> dc_n,
+                             std::vector<bool> needs, int64_t mode, int64_t threads) {
+  check_args(kind, K, x, w_hh);
+  TORCH_CHECK(needs.size() == 8, "cerebral_rnn native: needs has 8 flags");
+  at::NoGradGuard no_grad;
+  const Layer L = layer_of(kind, K, x, w_hh);
+  for (auto& w : w_ih) w = w.contiguous();
+  for (auto& w : w_hh) w = w.contiguous();
+  const Tensor c = c0.has_value() ? *c0 : Tensor();
+  const Tensor dc = dc_n.has_value() ? dc_n->contiguous() : Tensor();
+  const auto bi = defined(b_ih), bh = defined(b_hh), pp = defined(peep);
+  dy = dy.contiguous();
+  dh_n = dh_n.contiguous();
+  return dispatch(kind, x.scalar_type(), [&](auto tv, auto kv) {
+    using T = decltype(tv);
+    return backward_impl<T, decltype(kv)::value>(L, x, h0, c, w_ih, w_hh, bi, bh, pp, y, acts, states, dy, dh_n,
+                                                  dc, needs, mode, threads);
+  });
+}
+
+#endif  // CRNN_KERNELS_ONLY
+}  // namespace crnn
+
+#ifndef CRNN_KERNELS_ONLY
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &crnn::forward, "one layer forward (every direction)");
+  m.def("backward", &crnn::backward, "one layer BPTT (every direction)");
+  m.def("capability", &crnn::capability, "the vector ISA this build was compiled for");
+}
+#endif
