@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from cerebral_rnn import LSTM, CerebralLSTM
+from cerebral_rnn import GRU, LSTM, CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM
 from cerebral_rnn.study import arms as A
 from cerebral_rnn.study import model as M
 
@@ -18,10 +18,15 @@ IO_TOKENS = {"kind": "tokens", "vocab": 40, "embedding": 8, "outputs": 40, "read
 IO_FEATURES = {"kind": "features", "features": 3, "outputs": 5, "readout": "final"}
 
 
-def test_the_registry_holds_the_paper_and_control_arms():
-    assert ARMS == ["lstm", "lstm2", "cerebral", "cerebral-identical", "lstm-matched", "lstm-x2", "lstmp"]
+def test_the_registry_holds_the_paper_control_and_family_arms():
+    assert ARMS == ["lstm", "lstm2", "cerebral", "cerebral-identical", "lstm-matched", "lstm-x2", "lstmp",
+                    "cerebral-k3", "cerebral-peephole", "gru", "cerebral-gru"]
     for a in A.ARMS.values():
         assert a.description and callable(a.build)
+    # reproduce trains the paper's and the control arms unless --models names others
+    assert A.DEFAULT_ARMS == ("lstm", "lstm2", "cerebral", "cerebral-identical", "lstm-matched", "lstm-x2", "lstmp")
+    from cerebral_rnn.cli import build_parser
+    assert build_parser().parse_args(["reproduce"]).models == ",".join(A.DEFAULT_ARMS)
 
 
 @pytest.mark.parametrize("io", [IO_TOKENS, IO_FEATURES, {**IO_TOKENS, "vocab": 87, "embedding": 32}])
@@ -49,8 +54,8 @@ def test_matched_width_is_the_closest_by_brute_force(io, H):
 
 
 def test_unknown_arm_lists_valid_names():
-    with pytest.raises(ValueError, match="--models: unknown model 'gru'.*cerebral-identical.*lstmp"):
-        A.check_arms(["lstm", "gru"])
+    with pytest.raises(ValueError, match="--models: unknown model 'nope'.*cerebral-identical.*lstmp"):
+        A.check_arms(["lstm", "nope"])
     with pytest.raises(ValueError, match="listed twice"):
         A.check_arms(["lstm", "lstm"])
     with pytest.raises(ValueError, match="already registered"):
@@ -67,6 +72,31 @@ def test_arms_use_the_public_layers():
     assert rnns["cerebral-identical"].init == "identical"
     assert type(rnns["lstmp"]) is nn.LSTM and rnns["lstmp"].hidden_size == 12 and rnns["lstmp"].proj_size == 6
     assert isinstance(rnns["lstm-x2"], A.DoubledLSTM)
+    assert isinstance(rnns["cerebral-k3"], CerebralLSTM) and rnns["cerebral-k3"].num_paths == 3
+    assert isinstance(rnns["cerebral-peephole"], CerebralPeepholeLSTM) and rnns["cerebral-peephole"].num_paths == 2
+    assert type(rnns["gru"]) is GRU and rnns["gru"].hidden_size == 6
+    assert isinstance(rnns["cerebral-gru"], CerebralGRU) and rnns["cerebral-gru"].init == "distinct"
+    assert not A.ARMS["gru"].forget_gate and not A.ARMS["cerebral-gru"].forget_gate
+
+
+@pytest.mark.parametrize("layer", [lambda init: CerebralLSTM(3, 5, num_paths=3, init=init),
+                                   lambda init: CerebralPeepholeLSTM(3, 5, init=init),
+                                   lambda init: CerebralGRU(3, 5, init=init),
+                                   lambda init: CerebralLSTM(3, 5, proj_size=2, init=init)])
+def test_path_difference_is_zero_exactly_for_identical_paths(layer):
+    assert A.path_difference(layer("identical")) == 0.0
+    distinct = layer("distinct")
+    assert A.path_difference(distinct) > 0.0
+    with torch.no_grad():  # make every path a copy of path 0 by hand: the gap closes
+        for name, p in distinct.named_parameters():
+            if not name.startswith("weight_hr"):
+                blocks = p.view(distinct.num_paths, -1)
+                blocks[1:] = blocks[:1]
+    assert A.path_difference(distinct) == 0.0
+    with torch.no_grad():
+        distinct.bias_hh_l0[-1] += 0.25  # one element of the last path
+    assert A.path_difference(distinct) == pytest.approx(0.25)
+    assert A.path_difference(LSTM(3, 5)) is None
 
 
 # -- lstm-x2 ------------------------------------------------------------------------------------------------------
@@ -191,7 +221,7 @@ def test_lstmp_with_projection_fixed_to_identity_pair_is_a_cerebral_lstm():
     torch.testing.assert_close(c2, c1, rtol=0, atol=1e-12)  # c = [UC | LC] in both
 
 
-@pytest.mark.parametrize("arm", ARMS)
+@pytest.mark.parametrize("arm", [a for a in ARMS if A.ARMS[a].forget_gate])
 def test_forget_bias_sets_the_forget_rows(arm):
     rnn = A.ARMS[arm].build(3, 4, 1.0)
     gate = 8 if arm == "lstmp" else 4  # rows per gate block

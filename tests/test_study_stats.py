@@ -147,6 +147,22 @@ def test_claims_of_a_run_with_known_answers():
     raw = [claims[a]["p_sup"] for a in ("lstm", "lstm2", "cerebral-identical")]
     assert [claims[a]["p_sup_holm"] for a in ("lstm", "lstm2", "cerebral-identical")] == pytest.approx(S.holm(raw))
     assert len(R.CLAIMS) == 6 and sum(c[3] for c in R.CLAIMS) == 3
+    assert not any(c in claims for c in ("gru", "cerebral"))  # family claims: only when both arms ran
+
+
+def test_family_claims_join_the_holm_family_when_their_arms_ran():
+    base = {"cerebral": A, "lstm": [x + 0.2 for x in A]}
+    family = {"gru": [x + 0.3 for x in A], "cerebral-gru": A, "cerebral-k3": [x + 0.001 * i for i, x in enumerate(A)]}
+    arms = list(base) + list(family)
+    rows = R.evaluate_claims(fake_results({**base, **family}, "bpc"), CHARLM, 0.01, arms)
+    by_pair = {(c["winner"], c["loser"]): c for c in rows}
+    assert by_pair[("cerebral-gru", "gru")]["verdict"] == "SUPPORTED"
+    assert by_pair[("cerebral-k3", "cerebral")]["verdict"] in ("INCONCLUSIVE", "CONTRADICTED")
+    assert ("cerebral-peephole", "cerebral") not in by_pair  # its arm did not run: not listed at all
+    tested = [c for c in rows if c["verdict"] != "NOT EVALUATED"]
+    assert len(tested) == 3  # cerebral vs lstm, and the two family claims: Holm over all three
+    raw = [c["p_sup"] for c in tested]
+    assert [c["p_sup_holm"] for c in tested] == pytest.approx(S.holm(raw))
 
 
 def test_accuracy_claims_use_the_higher_is_better_orientation():

@@ -128,7 +128,7 @@ def _split(text: str) -> tuple[float, float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cerebral_rnn.study.arms import ARMS
+    from cerebral_rnn.study.arms import ARMS, DEFAULT_ARMS
 
     parser = argparse.ArgumentParser(prog="cerebral-rnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", type=_split, metavar="TR/VA/TE", default=None,
                    help="train/validation/test percentages (default: 90/5/5 contiguous for charlm; 80/10/10 "
                         "stratified for classify; 80/10/10 of each seed's generated examples for adding, copy)")
-    g.add_argument("--models", metavar="a,b,...", default=",".join(ARMS),
+    g.add_argument("--models", metavar="a,b,...", default=",".join(DEFAULT_ARMS),
                    help="arms to train, from: " + "; ".join(f"{k} = {v.description}" for k, v in ARMS.items()))
     t = r.add_argument_group("tuning and statistics")
     t.add_argument("--tune", type=_nonnegative_int, metavar="N",

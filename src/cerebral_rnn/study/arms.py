@@ -8,7 +8,7 @@ packed), and ``state`` either a tensor ``h_n`` (as ``nn.GRU``) or a tuple whose 
 training) is the same for every arm, so adding an arm is one :func:`register` call:
 
 >>> from torch import nn
->>> register(Arm("gru-example", "a torch GRU, hidden H", lambda i, w, fb: nn.GRU(i, w), forget_gate=False))
+>>> _ = register(Arm("gru-example", "a torch GRU, hidden H", lambda i, w, fb: nn.GRU(i, w), forget_gate=False))
 >>> "gru-example" in ARMS
 True
 >>> del ARMS["gru-example"]
@@ -36,7 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from cerebral_rnn import LSTM, CerebralLSTM
+from cerebral_rnn import GRU, LSTM, CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM
+from cerebral_rnn.layers import _CerebralBase
 
 Builder = Callable[[int, int, "float | None"], nn.Module]
 
@@ -118,6 +119,11 @@ def lstm_layer_parameters(input_size: int, hidden: int, proj: int = 0) -> int:
     return 4 * hidden * (input_size + recurrent) + 8 * hidden + proj * hidden
 
 
+def gru_layer_parameters(input_size: int, hidden: int) -> int:
+    """One GRU layer: W_ih (3H x in), W_hh (3H x H), b_ih and b_hh (3H each)."""
+    return 3 * hidden * (input_size + hidden) + 6 * hidden
+
+
 def set_forget_bias_(rnn: nn.Module, value: float, gate_rows: int, forget_block: int = 1) -> None:
     """For an LSTM-like module whose gate rows come in blocks of ``gate_rows`` (i, f, g, o): set the forget
     rows of every ``bias_ih*`` to ``value`` and of every ``bias_hh*`` to 0 (the library's convention)."""
@@ -190,6 +196,21 @@ register(Arm("lstm-x2", "single LSTM with h = 2·o·tanh(c) as output and recurr
              lambda i, w: lstm_layer_parameters(i, w)))
 register(Arm("lstmp", "torch.nn.LSTM(2H, proj_size=H): learned projection, contains the Cerebral LSTM", _lstmp,
              lambda i, w: lstm_layer_parameters(i, 2 * w, proj=w)))
+# what `reproduce` trains unless --models says otherwise: the paper's arms and the control arms
+DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
+
+# the family (the paper's future work): arms for --models, not in the default list
+register(Arm("cerebral-k3", "Cerebral LSTM with three paths, hidden H, init distinct",
+             lambda i, w, fb: CerebralLSTM(i, w, num_paths=3, init="distinct", forget_bias=fb),
+             lambda i, w: 3 * lstm_layer_parameters(i, w)))
+register(Arm("cerebral-peephole", "Cerebral peephole LSTM (two peephole LSTM paths), hidden H, init distinct",
+             lambda i, w, fb: CerebralPeepholeLSTM(i, w, init="distinct", forget_bias=fb),
+             lambda i, w: 2 * (lstm_layer_parameters(i, w) + 3 * w)))
+register(Arm("gru", "single GRU, hidden H", lambda i, w, fb: GRU(i, w),
+             lambda i, w: gru_layer_parameters(i, w), forget_gate=False))
+register(Arm("cerebral-gru", "Cerebral GRU (mean of two GRU paths' updates), hidden H, init distinct",
+             lambda i, w, fb: CerebralGRU(i, w, init="distinct"),
+             lambda i, w: 2 * gru_layer_parameters(i, w), forget_gate=False))
 
 
 def final_hidden(state) -> Tensor:
@@ -199,13 +220,18 @@ def final_hidden(state) -> Tensor:
 
 
 def path_difference(rnn: nn.Module) -> float | None:
-    """For a Cerebral LSTM: max |upper - lower| over every parameter (rows 0:4H against 4H:8H). Zero means the
-    two paths are still identical (the model is a single LSTM with h = 2·o·tanh(c)). None for other modules."""
-    if not isinstance(rnn, CerebralLSTM):
+    """For a Cerebral layer of K paths: max |path k - path 0| over every per-path parameter (each parameter's
+    rows split in K equal blocks; a projection ``weight_hr``, shared by the paths, is left out). Zero means the
+    paths are still identical (a Cerebral LSTM is then a single LSTM with h = K·o·tanh(c)). None for other
+    modules."""
+    if not isinstance(rnn, _CerebralBase):
         return None
+    k = rnn.num_paths
     gap = 0.0
     with torch.no_grad():
-        for p in rnn.parameters():
-            half = p.shape[0] // 2
-            gap = max(gap, float((p[:half] - p[half:]).abs().max()))
+        for name, p in rnn.named_parameters():
+            if name.startswith("weight_hr"):
+                continue
+            blocks = p.reshape(k, -1)
+            gap = max(gap, float((blocks[1:] - blocks[:1]).abs().max()) if k > 1 else 0.0)
     return gap

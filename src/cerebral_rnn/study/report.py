@@ -30,6 +30,13 @@ CLAIMS = (
     ("Cerebral LSTM beats an LSTM(2H) with a learned projection (does fixing the projection help?)", "cerebral",
      "lstmp", False),
 )
+# The family's claims (ours): listed, tested and Holm-corrected with the others only when both arms ran.
+FAMILY_CLAIMS = (
+    ("Cerebral GRU beats a single GRU", "cerebral-gru", "gru", False),
+    ("three paths beat two (Cerebral LSTM, K = 3 vs K = 2)", "cerebral-k3", "cerebral", False),
+    ("peephole paths beat plain LSTM paths (Cerebral peephole LSTM vs Cerebral LSTM)", "cerebral-peephole",
+     "cerebral", False),
+)
 
 
 # -- CSV tables ------------------------------------------------------------------------------------------------
@@ -149,9 +156,11 @@ def per_seed(final_results: list[dict], arm: str, task: Task) -> dict[str, dict[
 
 def evaluate_claims(final_results: list[dict], task: Task, delta: float, arms: list[str]) -> list[dict]:
     """Every claim whose two arms ran: paired statistics of the test metric with a Holm-corrected verdict, and
-    the paired difference of the final training loss (the paper's metric) beside it, without a verdict."""
+    the paired difference of the final training loss (the paper's metric) beside it, without a verdict. The
+    family's claims are added only where both of their arms ran."""
     tested, rows = [], []
-    for text, winner, loser, in_paper in CLAIMS:
+    family = tuple(c for c in FAMILY_CLAIMS if c[1] in arms and c[2] in arms)
+    for text, winner, loser, in_paper in CLAIMS + family:
         row = {"claim": text, "winner": winner, "loser": loser, "in_paper": in_paper,
                "metric": f"test {task.primary.key}", "higher_is_better": task.primary.higher_is_better}
         if winner not in arms or loser not in arms:
