@@ -44,7 +44,7 @@ returns or keeps (activations, workspaces, gradients) but not scratch memory all
 op.
 
 The machine is recorded (CPU model, vendor, ISA flags, torch's CPU capability, ``ATEN_CPU_CAPABILITY`` and
-``ONEDNN_MAX_CPU_ISA``, the native backend's build, threads, versions, load averages at start and end; on CUDA
+``ONEDNN_MAX_CPU_ISA`` / ``MKL_ENABLE_INSTRUCTIONS``, the native backend's build, threads, versions, load averages at start and end; on CUDA
 the GPU, CUDA and cuDNN versions) in the JSON and in the table's header lines. The compiled ``native`` backend
 is built (or loaded from the extension cache) before anything is timed.
 
@@ -54,8 +54,8 @@ The JSON report (``"schema": 2``)::
     seconds, device
     machine   cpu_model, cpu_vendor, cpu_id (family/model/stepping),
               isa_flags {avx2, avx512f, avx512_bf16, amx}, cpu_capability,
-              env {ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, DNNL_MAX_CPU_ISA, OMP_NUM_THREADS,
-              MKL_NUM_THREADS, CEREBRAL_RNN_NATIVE}, native {ready, unavailable_reason, build_target,
+              env {ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, DNNL_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS,
+              OMP_NUM_THREADS, MKL_NUM_THREADS, CEREBRAL_RNN_NATIVE}, native {ready, unavailable_reason, build_target,
               load_seconds} (null on CUDA), threads, interop_threads, cpu_count, cpus_available, memory_bytes,
               mkldnn, torch, python, os, machine, load_average_start, load_average_end (1/5/15 min),
               gpu {name, memory_bytes, capability, cuda, cudnn} (null on the CPU)
@@ -79,11 +79,13 @@ Usage::
     python benchmarks/speed.py --shapes 100,64,32,128 35,20,64,64,2:train --models cerebral-auto --runs 5
     python benchmarks/speed.py --with-reference --markdown table.md --json out.json
 
-    # torch's and oneDNN's AVX2 kernels on an AVX-512 machine: bench-results/speed-cpu-avx2.json
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/speed.py
+    # the AVX2 code paths on an AVX-512 machine: bench-results/speed-cpu-avx2.json
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/speed.py
 
-(the ``native`` backend is compiled for its own target, which these variables do not change; the record shows
-the target where the backend exposes it as ``BUILD_TARGET``).
+(``ATEN_CPU_CAPABILITY`` lowers torch's own kernels and, through it, the ``native`` backend's build, which
+follows torch's capability: x86-64-v3 for AVX2; ``ONEDNN_MAX_CPU_ISA`` lowers oneDNN's, ``MKL_ENABLE_INSTRUCTIONS``
+MKL's GEMMs, which would otherwise stay on AVX-512. The record shows the native build's target, its
+``BUILD_TARGET``.)
 """
 
 from __future__ import annotations
@@ -530,9 +532,8 @@ def _load_average() -> list[float] | None:
         return None
 
 
-ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS",
-            "CEREBRAL_RNN_NATIVE")
+ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CEREBRAL_RNN_NATIVE")
 
 
 def machine_record(device: str) -> dict:
@@ -605,6 +606,8 @@ def header_lines(report: dict) -> list[str]:
     isa_in_use = m["cpu_capability"] or "unknown"
     if env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA"):
         isa_in_use += f", oneDNN ≤ {env.get('ONEDNN_MAX_CPU_ISA') or env.get('DNNL_MAX_CPU_ISA')}"
+    if env.get("MKL_ENABLE_INSTRUCTIONS"):
+        isa_in_use += f", MKL ≤ {env['MKL_ENABLE_INSTRUCTIONS']}"
     if m["native"] and m["native"]["build_target"]:
         isa_in_use += f", native {m['native']['build_target']}"
     where = f"{m['gpu']['name']} (CUDA {m['gpu']['cuda']}, cuDNN {m['gpu']['cudnn']}) on " if m["gpu"] else ""
@@ -621,7 +624,8 @@ def header_lines(report: dict) -> list[str]:
     first = (f"**{where}{m['cpu_model']}** ({m['cpu_vendor'] or 'unknown vendor'}) · ISA in use: {isa_in_use}"
              f" · {threads} · torch {m['torch']} · `{report['command']}`")
     second = (f"CPU flags: {flags}; ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY'] or 'unset'}, "
-        f"ONEDNN_MAX_CPU_ISA={env['ONEDNN_MAX_CPU_ISA'] or 'unset'}; native backend {native}; "
+        f"ONEDNN_MAX_CPU_ISA={env['ONEDNN_MAX_CPU_ISA'] or 'unset'}, "
+        f"MKL_ENABLE_INSTRUCTIONS={env.get('MKL_ENABLE_INSTRUCTIONS') or 'unset'}; native backend {native}; "
         f"{m['cpus_available'] or m['cpu_count']} CPUs available; Python {m['python']}, {m['os']}; {load}. "
         f"{s['runs']} runs × {s['repeats']} timed calls per model, median per run; ratios to each row's "
         f"baseline, shown as the median over runs (min–max); **bold**: above the row's target.")

@@ -399,3 +399,8 @@ def test_build_flags_follow_aten_capability():
     assert not any(f.startswith(("-march", "-DCPU_CAPABILITY_")) for f in generic)
     assert native._EXT.capability() == (native.capability() if native.capability() in ("AVX512", "AVX2")
                                         else "DEFAULT")
+    # what benchmarks record as the build's target: the loaded extension's
+    assert native.BUILD_TARGET == native.build_target()
+    if native._X86:
+        expected = {"AVX512": "x86-64-v4", "AVX2": "x86-64-v3"}.get(native.capability(), "generic")
+        assert native.BUILD_TARGET.startswith(expected)

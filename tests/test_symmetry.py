@@ -25,6 +25,7 @@ from cerebral_rnn import (
     CerebralPeepholeLSTM,
     CerebralPeepholeLSTMCell,
     available_backends,
+    backends,
 )
 
 LAYERS = {"lstm": CerebralLSTM, "peephole": CerebralPeepholeLSTM, "gru": CerebralGRU}
@@ -81,24 +82,47 @@ def train_and_check(m, paths: int, H: int, B: int, lengths_gen, steps: int = 20)
         assert paths_equal(c.detach().movedim(-1, 0), paths)
 
 
-@pytest.mark.parametrize("kind,paths,H", CASES, ids=lambda v: str(v))
+# The backends that run identical paths: auto, reference, and native on dense input. lstm2h and fused refuse
+# them (their shared kernels may round the paths differently) and native refuses packed input: both tested below.
+RUNS = [(kind, paths, H, backend, packed) for kind, paths, H in CASES for packed in (False, True)
+        for backend in ("auto", "reference", "native")
+        if backend in available_backends(kind) and not (backend == "native" and packed)]
+
+
+@pytest.mark.parametrize("kind,paths,H,backend,packed", RUNS, ids=lambda v: str(v))
 @pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("backend", ["auto", "reference", "lstm2h", "fused", "native"])
-def test_identical_paths_stay_identical_under_adam(kind, paths, H, num_layers, packed, backend):
-    if backend not in available_backends(kind):
-        pytest.skip(f"backend {backend!r} does not compute kind {kind!r}")
+def test_identical_paths_stay_identical_under_adam(kind, paths, H, backend, packed, num_layers):
     B = 32 if H >= 24 else 12  # enough work per step that auto would consider its fast CPU kernels
     m = LAYERS[kind](3, H, num_layers=num_layers, bidirectional=True, dropout=0.3 if num_layers > 1 else 0.0,
                      num_paths=paths, init="identical", backend=backend)
     lengths = (lambda g: torch.randint(1, 7, (B,), generator=g).tolist()) if packed else None
-    try:
-        run(m, torch.randn(6, B, 3), lengths(torch.Generator().manual_seed(0)) if packed else None)
-    except ValueError as e:
-        if backend == "auto" or "cannot run this input" not in str(e):
-            raise
-        pytest.skip(f"backend {backend!r} refuses this case: {str(e)[:200]}")
+    if backend == "native" and backends.prepare()["native"] is not None:
+        pytest.skip(f"the native backend is unavailable here: {backends.prepare()['native']}")
     train_and_check(m, paths, H, B, lengths)
+
+
+@pytest.mark.parametrize("backend", ["lstm2h", "fused"])
+@pytest.mark.parametrize("H", [5, 128])
+def test_shared_kernel_backends_refuse_identical_paths(backend, H):
+    m = CerebralLSTM(3, H, init="identical", backend=backend)
+    with pytest.raises(ValueError, match=f"backend='{backend}' cannot run this input: the layer's paths are "
+                                         "identical"):
+        m(torch.randn(4, 32, 3))
+    with torch.no_grad():  # paths no longer equal: nothing to keep identical, the backend runs the layer
+        m.weight_hh_l0[0, 0] += 1e-3
+    m(torch.randn(4, 32, 3))
+    assert m.last_backend == backend
+
+
+def test_native_refuses_packed_input_and_auto_falls_back():
+    if backends.prepare()["native"] is not None:
+        pytest.skip(f"the native backend is unavailable here: {backends.prepare()['native']}")
+    x = pack_padded_sequence(torch.randn(5, 3, 2), [5, 3, 1])
+    with pytest.raises(ValueError, match="backend='native' cannot run this input: packed input is not supported"):
+        CerebralLSTM(2, 4, backend="native")(x)
+    m = CerebralLSTM(2, 4, init="identical")
+    m(x)
+    assert m.last_backend == "reference"
 
 
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "gru"])

@@ -30,7 +30,7 @@ The recurrent GEMM can also be a library call per path and step (``gemm="addmm"`
 default) uses the fused kernels: measured on grid shapes (one thread, AVX-512 and AVX2 builds), a layer ran
 within 7% of ``addmm`` at B = 64 (faster at some shapes, slower at others; training up to 14% faster), 3-17%
 faster at B <= 8, and 1.1-9x faster than with ``onednn`` (a new output tensor per call); see
-``docs/native-notes.md``.
+``docs/native.md``.
 
 **Symmetry by construction** (``init="identical"`` paths stay bitwise identical in training): every path is
 computed by the same code on operands of the same shape in buffers of its own (or views at offsets that are
@@ -126,6 +126,17 @@ def _name(cap: str, flags: list[str]) -> str:
 _EXT = None
 _ERROR: str | None = None  # why the extension could not be built or loaded; set once, never retried
 BUILD_SECONDS: float | None = None  # time the first load took in this process (a build, or loading the cache)
+BUILD_TARGET: str | None = None  # what the loaded extension was compiled for, e.g. "x86-64-v3 (AVX2)"
+
+
+def build_target(cap: str | None = None) -> str:
+    """The instruction set :func:`build_flags` compiles for at ATen's CPU capability ``cap``."""
+    cap = capability() if cap is None else cap
+    if _X86 and cap == "AVX512":
+        return "x86-64-v4 (AVX-512)"
+    if _X86 and cap == "AVX2":
+        return "x86-64-v3 (AVX2)"
+    return f"generic ({platform.machine()}, compiler default)"
 
 
 def _put_ninja_on_path() -> None:
@@ -148,7 +159,7 @@ def _put_ninja_on_path() -> None:
 
 def _load():
     """The compiled extension, building it on first use; None (with ``_ERROR`` set) if that failed."""
-    global _EXT, _ERROR, BUILD_SECONDS
+    global _EXT, _ERROR, BUILD_SECONDS, BUILD_TARGET
     if _EXT is not None or _ERROR is not None:
         return _EXT
     if os.environ.get("CEREBRAL_RNN_NATIVE", "1") == "0":
@@ -167,6 +178,7 @@ def _load():
         _ERROR = f"the C++ extension could not be built: {type(exc).__name__}: {str(exc).strip()[:300]}"
         return None
     BUILD_SECONDS = time.perf_counter() - t0
+    BUILD_TARGET = build_target(cap)
     return _EXT
 
 

@@ -37,7 +37,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from cerebral_rnn import GRU, LSTM, CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM
-from cerebral_rnn.layers import _CerebralBase
 
 Builder = Callable[[int, int, "float | None"], nn.Module]
 
@@ -224,7 +223,7 @@ def path_difference(rnn: nn.Module) -> float | None:
     rows split in K equal blocks; a projection ``weight_hr``, shared by the paths, is left out). Zero means the
     paths are still identical (a Cerebral LSTM is then a single LSTM with h = K·o·tanh(c)). None for other
     modules."""
-    if not isinstance(rnn, _CerebralBase):
+    if not isinstance(rnn, (CerebralLSTM, CerebralPeepholeLSTM, CerebralGRU)):
         return None
     k = rnn.num_paths
     gap = 0.0
