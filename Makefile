@@ -9,7 +9,7 @@ CPU_TESTS := tests $(patsubst %,--ignore=%,$(wildcard tests/test_study*.py)) --i
 
 AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
-.PHONY: run test test-avx2 bench lint clean
+.PHONY: run test test-avx2 test-generic bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test-avx2: $(STAMP)
 	$(AVX2_ENV) $(BIN)/python -c \
 	  "import torch; print('test-avx2: torch CPU capability', torch.backends.cpu.get_cpu_capability())"; \
 	$(AVX2_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider $(CPU_TESTS)
+
+# The native backend's generic build (no -march: ATen's portable vectors, what an ARM machine compiles) and the
+# symmetry tests on it, with torch's own kernels at their DEFAULT capability too.
+test-generic: $(STAMP)
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_symmetry.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py

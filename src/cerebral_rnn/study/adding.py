@@ -44,6 +44,15 @@ def split_sizes(examples: int, fractions) -> tuple[int, int, int]:
     return examples - n_val - n_test, n_val, n_test
 
 
+def generated_splits(generate, data_seed: int, data: TaskData, cfg: dict) -> Splits:
+    """The examples ``generate(n, length, generator)`` draws from ``data_seed``, cut train / validation / test
+    at the sizes in ``data.payload`` (the synthetic tasks: each seed its own data)."""
+    g = torch.Generator().manual_seed(data_seed)
+    x, y = generate(cfg["examples"], cfg["length"], g)
+    a, b = data.payload[0], data.payload[0] + data.payload[1]
+    return Splits((x[:a], y[:a]), (x[a:b], y[a:b]), (x[b:], y[b:]))
+
+
 class Adding(Task):
     name = "adding"
     description = "adding problem"
@@ -70,10 +79,7 @@ class Adding(Task):
         return TaskData(io, describe, sizes)
 
     def splits(self, data: TaskData, cfg: dict, seed: int) -> Splits:
-        g = torch.Generator().manual_seed(DATA_SEED + seed)
-        x, y = generate(cfg["examples"], cfg["length"], g)
-        a, b = data.payload[0], data.payload[0] + data.payload[1]
-        return Splits((x[:a], y[:a]), (x[a:b], y[a:b]), (x[b:], y[b:]))
+        return generated_splits(generate, DATA_SEED + seed, data, cfg)
 
     def size(self, split) -> int:
         return int(split[1].shape[0])

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .adding import split_sizes
+from .adding import generated_splits, split_sizes
 from .task import Metric, Splits, Task, TaskData
 
 DATA_SEED = 8_000_000
@@ -72,10 +72,7 @@ class Copy(Task):
         return TaskData(io, describe, sizes)
 
     def splits(self, data: TaskData, cfg: dict, seed: int) -> Splits:
-        g = torch.Generator().manual_seed(DATA_SEED + seed)
-        x, y = generate(cfg["examples"], cfg["length"], g)
-        a, b = data.payload[0], data.payload[0] + data.payload[1]
-        return Splits((x[:a], y[:a]), (x[a:b], y[a:b]), (x[b:], y[b:]))
+        return generated_splits(generate, DATA_SEED + seed, data, cfg)
 
     def size(self, split) -> int:
         return int(split[0].shape[0])
