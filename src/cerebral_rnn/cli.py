@@ -30,15 +30,11 @@ _TASK = {
     "charlm": {
         "quick": {"epochs": 40, "patience": 3, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
                   "lr": 3e-3, "max_chars": 70_000},
-        "tuned": {"epochs": 40, "patience": 3, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
-                  "lr": 3e-3, "max_chars": 70_000},
         "paper": {"epochs": 500, "patience": 5, "hidden": 128, "embedding": 32, "seq_len": 20, "batch_size": 64,
                   "lr": 2e-3, "max_chars": None},
     },
     "classify": {
         "quick": {"epochs": 60, "patience": 5, "hidden": 64, "embedding": 32, "batch_size": 32, "lr": 3e-3,
-                  "vocab_size": 5000, "max_words": 200},
-        "tuned": {"epochs": 60, "patience": 5, "hidden": 64, "embedding": 32, "batch_size": 32, "lr": 3e-3,
                   "vocab_size": 5000, "max_words": 200},
         "paper": {"epochs": 500, "patience": 10, "hidden": 128, "embedding": 64, "batch_size": 32, "lr": 2e-3,
                   "vocab_size": 10_000, "max_words": 400},
@@ -46,20 +42,18 @@ _TASK = {
     "adding": {
         "quick": {"epochs": 40, "patience": 5, "hidden": 64, "embedding": 32, "batch_size": 64, "lr": 3e-3,
                   "length": 50, "examples": 10_000},
-        "tuned": {"epochs": 40, "patience": 5, "hidden": 64, "embedding": 32, "batch_size": 64, "lr": 3e-3,
-                  "length": 50, "examples": 10_000},
         "paper": {"epochs": 500, "patience": 10, "hidden": 128, "embedding": 32, "batch_size": 64, "lr": 2e-3,
                   "length": 200, "examples": 50_000},
     },
     "copy": {
         "quick": {"epochs": 40, "patience": 5, "hidden": 64, "embedding": 16, "batch_size": 64, "lr": 3e-3,
                   "length": 20, "examples": 10_000},
-        "tuned": {"epochs": 40, "patience": 5, "hidden": 64, "embedding": 16, "batch_size": 64, "lr": 3e-3,
-                  "length": 20, "examples": 10_000},
         "paper": {"epochs": 500, "patience": 10, "hidden": 128, "embedding": 16, "batch_size": 64, "lr": 2e-3,
                   "length": 100, "examples": 50_000},
     },
 }
+for _t in TASKS:  # tuned trains on exactly the quick preset's data and sizes
+    _TASK[_t]["tuned"] = _TASK[_t]["quick"]
 PRESETS = {p: {t: {**_COMMON[p], **_TASK[t][p]} for t in TASKS} for p in _COMMON}
 
 # Flags that override a preset value (the cfg key is the flag's dest).

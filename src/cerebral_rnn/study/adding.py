@@ -44,6 +44,17 @@ def split_sizes(examples: int, fractions) -> tuple[int, int, int]:
     return examples - n_val - n_test, n_val, n_test
 
 
+def checked_split_sizes(cfg: dict) -> tuple[int, int, int]:
+    """:func:`split_sizes` of ``--examples`` by ``--split``, each part at least one example and training at least
+    one batch (a ValueError naming ``--examples`` otherwise)."""
+    sizes = split_sizes(cfg["examples"], cfg["split"])
+    if min(sizes) < 1 or sizes[0] < cfg["batch_size"]:
+        raise ValueError(f"--examples: {cfg['examples']} examples give a train/validation/test split of "
+                         f"{sizes}; each part needs at least one and training at least --batch-size "
+                         f"{cfg['batch_size']}")
+    return sizes
+
+
 def generated_splits(generate, data_seed: int, data: TaskData, cfg: dict) -> Splits:
     """The examples ``generate(n, length, generator)`` draws from ``data_seed``, cut train / validation / test
     at the sizes in ``data.payload`` (the synthetic tasks: each seed its own data)."""
@@ -65,11 +76,7 @@ class Adding(Task):
         return 0.01  # the success threshold; 6% of the trivial baseline
 
     def load(self, cfg: dict) -> TaskData:
-        sizes = split_sizes(cfg["examples"], cfg["split"])
-        if min(sizes) < 1 or sizes[0] < cfg["batch_size"]:
-            raise ValueError(f"--examples: {cfg['examples']} examples give a train/validation/test split of "
-                             f"{sizes}; each part needs at least one and training at least --batch-size "
-                             f"{cfg['batch_size']}")
+        sizes = checked_split_sizes(cfg)
         if cfg["length"] < 2:
             raise ValueError(f"--length: expected at least 2 steps for the adding task, got {cfg['length']}")
         io = {"kind": "features", "features": 2, "outputs": 1, "readout": "final"}

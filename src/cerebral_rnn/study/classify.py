@@ -17,7 +17,6 @@ the final hidden state ``h_n``; the loss is the cross-entropy.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import io as _io
@@ -95,21 +94,7 @@ def read_labelled_csv(path: str, text_column: str, label_column: str, encoding: 
     """Texts and labels of a CSV with a header row, and the file's sha256. Every problem is a ValueError
     naming the flag: ``--csv`` (missing, not a file, not ``encoding`` text, no rows, an empty text or label),
     ``--text-column`` / ``--label-column`` (not in the header), ``--label-column`` (fewer than 2 classes)."""
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise ValueError(f"--encoding: unknown text encoding {encoding!r}") from None
-    if not os.path.exists(path):
-        raise ValueError(f"--csv: file not found: {path}")
-    if not os.path.isfile(path):
-        raise ValueError(f"--csv: not a regular file: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--csv: {path} is not valid {encoding} text (byte {e.start}: {e.reason}); pass "
-                         f"--encoding with the file's encoding, e.g. --encoding latin-1") from None
+    raw, text = _data.read_text_file(path, "--csv", encoding)
     reader = csv.DictReader(_io.StringIO(text.lstrip("\ufeff"), newline=""))
     header = reader.fieldnames or []
     for flag, col in (("--text-column", text_column), ("--label-column", label_column)):

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .adding import generated_splits, split_sizes
+from .adding import checked_split_sizes, generated_splits
 from .task import Metric, Splits, Task, TaskData
 
 DATA_SEED = 8_000_000
@@ -56,11 +56,7 @@ class Copy(Task):
         return 0.05 * baseline_ce(cfg["length"])  # 5% of the memoryless baseline
 
     def load(self, cfg: dict) -> TaskData:
-        sizes = split_sizes(cfg["examples"], cfg["split"])
-        if min(sizes) < 1 or sizes[0] < cfg["batch_size"]:
-            raise ValueError(f"--examples: {cfg['examples']} examples give a train/validation/test split of "
-                             f"{sizes}; each part needs at least one and training at least --batch-size "
-                             f"{cfg['batch_size']}")
+        sizes = checked_split_sizes(cfg)
         if cfg["length"] < 1:
             raise ValueError(f"--length: expected at least 1 blank for the copy task, got {cfg['length']}")
         io = {"kind": "tokens", "vocab": SYMBOLS, "embedding": cfg["embedding"], "outputs": SYMBOLS,

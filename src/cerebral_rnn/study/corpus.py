@@ -7,7 +7,6 @@ versions, hence the version and the sha256 in every manifest.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import math
 import os
@@ -48,23 +47,7 @@ def load_default() -> Corpus:
 
 def load_file(path: str, encoding: str = "utf-8") -> Corpus:
     """Read a text file; every failure is a ValueError naming ``--corpus`` or ``--encoding``."""
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise ValueError(f"--encoding: unknown text encoding {encoding!r}") from None
-    if not os.path.exists(path):
-        raise ValueError(f"--corpus: file not found: {path}")
-    if not os.path.isfile(path):
-        raise ValueError(f"--corpus: not a regular file: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    if not raw:
-        raise ValueError(f"--corpus: file is empty: {path}")
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--corpus: {path} is not valid {encoding} text (byte {e.start}: {e.reason}); "
-                         f"pass --encoding with the file's encoding, e.g. --encoding latin-1") from None
+    _, text = _data.read_text_file(path, "--corpus", encoding, empty_ok=False)
     if not text.strip():
         raise ValueError(f"--corpus: file holds only whitespace: {path}")
     return Corpus(text, os.path.abspath(path), encoding, _sha256(text))

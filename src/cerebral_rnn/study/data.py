@@ -3,9 +3,33 @@ the per-epoch order of the training examples."""
 
 from __future__ import annotations
 
+import codecs
 import math
+import os
 
 import torch
+
+
+def read_text_file(path: str, flag: str, encoding: str, *, empty_ok: bool = True) -> tuple[bytes, str]:
+    """A user's text file as (raw bytes, decoded text); every failure is a ValueError naming ``flag`` (the file's
+    option: missing, not a regular file, empty unless ``empty_ok``, not ``encoding`` text) or ``--encoding``."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"--encoding: unknown text encoding {encoding!r}") from None
+    if not os.path.exists(path):
+        raise ValueError(f"{flag}: file not found: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{flag}: not a regular file: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw and not empty_ok:
+        raise ValueError(f"{flag}: file is empty: {path}")
+    try:
+        return raw, raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{flag}: {path} is not valid {encoding} text (byte {e.start}: {e.reason}); pass "
+                         f"--encoding with the file's encoding, e.g. --encoding latin-1") from None
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
