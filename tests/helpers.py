@@ -1,8 +1,21 @@
-"""Small helpers shared by the backend tests (no assertions here)."""
+"""Small helpers shared by the tests (no assertions here)."""
 
 from __future__ import annotations
 
 import torch
+
+from cerebral_rnn import (
+    CerebralGRU,
+    CerebralGRUCell,
+    CerebralLSTM,
+    CerebralLSTMCell,
+    CerebralPeepholeLSTM,
+    CerebralPeepholeLSTMCell,
+)
+
+# the Cerebral layer and one-step cell of each kind
+LAYERS = {"lstm": CerebralLSTM, "peephole": CerebralPeepholeLSTM, "gru": CerebralGRU}
+CELLS = {"lstm": CerebralLSTMCell, "peephole": CerebralPeepholeLSTMCell, "gru": CerebralGRUCell}
 
 
 def random_states(m, batch: int, seed: int = 2):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from family_oracle import (
     F64,
+    HAS_CELL,
     layout_grads,
     leaves,
     load_into,
@@ -28,7 +29,6 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from cerebral_rnn import CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM, available_backends
 
 CLASSES = {"lstm": CerebralLSTM, "peephole": CerebralPeepholeLSTM, "gru": CerebralGRU}
-HAS_CELL = {"lstm": True, "peephole": True, "gru": False}
 T, B, I, H, P = 4, 3, 2, 3, 2
 LENGTHS = {"packed_sorted": [4, 2, 1], "packed_unsorted": [2, 4, 1]}
 TOL = 1e-10

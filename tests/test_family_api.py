@@ -9,7 +9,8 @@ import re
 
 import pytest
 import torch
-from family_oracle import F64, load_into, random_layers, run_sequence
+from family_oracle import F64, HAS_CELL, load_into, random_layers, run_sequence
+from helpers import CELLS, LAYERS
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from cerebral_rnn import (
@@ -18,16 +19,12 @@ from cerebral_rnn import (
     CerebralGRU,
     CerebralGRUCell,
     CerebralLSTM,
-    CerebralLSTMCell,
     CerebralPeepholeLSTM,
     CerebralPeepholeLSTMCell,
     StackedRNN,
     available_backends,
 )
 
-LAYERS = {"lstm": CerebralLSTM, "peephole": CerebralPeepholeLSTM, "gru": CerebralGRU}
-CELLS = {"lstm": CerebralLSTMCell, "peephole": CerebralPeepholeLSTMCell, "gru": CerebralGRUCell}
-HAS_CELL = {"lstm": True, "peephole": True, "gru": False}
 GATES = {"lstm": 4, "peephole": 4, "gru": 3}
 TOL = 1e-10
 

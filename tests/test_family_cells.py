@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-from family_oracle import F64, STEPS, grads_to_layout, leaves, load_into, random_direction, requires_grad_
+from family_oracle import (
+    F64,
+    HAS_CELL,
+    STEPS,
+    grads_to_layout,
+    leaves,
+    load_into,
+    random_direction,
+    requires_grad_,
+)
+from helpers import CELLS, LAYERS
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from cerebral_rnn import (
-    CerebralGRU,
-    CerebralGRUCell,
-    CerebralLSTM,
     CerebralLSTMCell,
-    CerebralPeepholeLSTM,
-    CerebralPeepholeLSTMCell,
     available_backends,
 )
 
-CELLS = {"lstm": CerebralLSTMCell, "peephole": CerebralPeepholeLSTMCell, "gru": CerebralGRUCell}
-LAYERS = {"lstm": CerebralLSTM, "peephole": CerebralPeepholeLSTM, "gru": CerebralGRU}
-HAS_CELL = {"lstm": True, "peephole": True, "gru": False}
 I, H, B = 3, 4, 5
 TOL = 1e-12
 

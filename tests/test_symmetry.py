@@ -15,21 +15,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import CELLS, LAYERS
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cerebral_rnn import (
-    CerebralGRU,
-    CerebralGRUCell,
     CerebralLSTM,
-    CerebralLSTMCell,
-    CerebralPeepholeLSTM,
-    CerebralPeepholeLSTMCell,
     available_backends,
     backends,
 )
 
-LAYERS = {"lstm": CerebralLSTM, "peephole": CerebralPeepholeLSTM, "gru": CerebralGRU}
-CELLS = {"lstm": CerebralLSTMCell, "peephole": CerebralPeepholeLSTMCell, "gru": CerebralGRUCell}
 PER_PATH = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "peephole")
 
 # (kind, paths, H): every kind at the sizes that matter; the widest size only for the paper's cell
