@@ -9,6 +9,10 @@ import sys
 
 TASKS = ("charlm", "classify", "adding", "copy")
 LR_RANGE = (5e-4, 2e-2)  # tuning: learning rates log-uniform over this range
+WD_RANGE = (1e-6, 1e-1)  # tuning: AdamW weight decay log-uniform over this range
+DROPOUT_MAX = 0.5  # tuning: input and output dropout uniform over [0, DROPOUT_MAX]
+_REG = {"input_dropout": 0.0, "output_dropout": 0.0, "weight_decay": 0.0, "dropout_max": DROPOUT_MAX,
+        "weight_decay_range": WD_RANGE}
 
 # Presets: values shared by every task, then each task's own. Every flag given explicitly overrides them.
 _COMMON = {
@@ -17,14 +21,20 @@ _COMMON = {
     # thread inside a run gains little on an idle machine and loses up to tenfold when other programs compete
     # for the cores, while two independent runs use both cores fully.
     "quick": {"seeds": 3, "clip": 1.0, "tune": 0, "lr_range": LR_RANGE, "tune_forget_bias": False,
-              "threads": 1, "jobs": 2},
-    # tuned: quick, with every arm's learning rate tuned (4 trials per arm).
+              "threads": 1, "jobs": 2, "min_effect": None, **_REG},
+    # tuned: quick, with every arm tuned (4 Optuna trials per arm over the learning rate, dropout and weight decay).
     "tuned": {"seeds": 3, "clip": 1.0, "tune": 4, "lr_range": LR_RANGE, "tune_forget_bias": False,
-              "threads": 1, "jobs": 2},
+              "threads": 1, "jobs": 2, "min_effect": None, **_REG},
+    # decide: the quick preset's data and sizes with regularised, tuned arms (8 Optuna trials per arm) and as
+    # many paired seeds as the power analysis of the quick setting asks for to decide every claim at δ
+    # (charlm: δ = 0.02 bpc, about 1% of the test bpc; paired sd up to about 0.05 bpc at the quick setting).
+    "decide": {"seeds": 48, "clip": 1.0, "tune": 8, "lr_range": LR_RANGE, "tune_forget_bias": False,
+               "threads": 1, "jobs": 2, "min_effect": None, **_REG},
     # paper: the paper's setting as far as it is known, made to finish: 500 epochs as a cap with early
-    # stopping, 5 seeds, 8 tuning trials per arm over the learning rate and the forget-gate bias.
+    # stopping, 5 seeds, 8 tuning trials per arm over the learning rate, dropout, weight decay and the
+    # forget-gate bias.
     "paper": {"seeds": 5, "clip": 1.0, "tune": 8, "lr_range": LR_RANGE, "tune_forget_bias": True,
-              "threads": 1, "jobs": 2},
+              "threads": 1, "jobs": 2, "min_effect": None, **_REG},
 }
 _TASK = {
     "charlm": {
@@ -52,13 +62,17 @@ _TASK = {
                   "length": 100, "examples": 50_000},
     },
 }
-for _t in TASKS:  # tuned trains on exactly the quick preset's data and sizes
+for _t in TASKS:  # tuned and decide train on exactly the quick preset's data and sizes
     _TASK[_t]["tuned"] = _TASK[_t]["quick"]
+    _TASK[_t]["decide"] = _TASK[_t]["quick"]
+_TASK["charlm"]["decide"] = {**_TASK["charlm"]["quick"], "min_effect": 0.02}
 PRESETS = {p: {t: {**_COMMON[p], **_TASK[t][p]} for t in TASKS} for p in _COMMON}
 
 # Flags that override a preset value (the cfg key is the flag's dest).
 _OVERRIDES = ("epochs", "patience", "seeds", "hidden", "embedding", "seq_len", "batch_size", "lr", "clip",
-              "max_chars", "threads", "jobs", "tune", "lr_range", "vocab_size", "max_words", "length", "examples")
+              "max_chars", "threads", "jobs", "tune", "lr_range", "vocab_size", "max_words", "length", "examples",
+              "input_dropout", "output_dropout", "weight_decay", "dropout_max", "weight_decay_range",
+              "tune_forget_bias", "min_effect", "storage")
 
 
 def _positive_int(text: str) -> int:
@@ -99,6 +113,44 @@ def _float_parser(positive: bool):
 
 _positive_float = _float_parser(positive=True)
 _nonnegative_float = _float_parser(positive=False)
+
+
+def _seeds(text: str):
+    """--seeds: N (seeds 0..N-1), a range A-B (inclusive), or a comma-separated list of both."""
+    text = text.strip()
+    if text.isdigit():
+        n = int(text)
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive count, a range A-B or a list, got {text!r}")
+        return n
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        try:
+            if dash:
+                a, b = int(lo), int(hi)
+                if a > b:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive count N, a range A-B (A <= B) or a "
+                                             f"comma-separated list of seeds and ranges, got {text!r}") from None
+    if any(s < 0 for s in out) or len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds >= 0, got {text!r}")
+    return out
+
+
+def _dropout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text}")
+    return value
 
 
 def _lr_range(text: str) -> tuple[float, float]:
@@ -149,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the cap: at most N passes over the training split (preset)")
     g.add_argument("--patience", type=_nonnegative_int, metavar="P",
                    help="stop a run when its validation loss has not improved for P epochs; 0 = never (preset)")
-    g.add_argument("--seeds", type=_positive_int, metavar="N", help="number of final seeds: 0..N-1 (preset)")
+    g.add_argument("--seeds", type=_seeds, metavar="N|A-B|LIST",
+                   help="final seeds: N means 0..N-1; A-B the seeds A to B; or a comma-separated list of seeds "
+                        "and ranges, so that seeds can be spread over invocations (preset)")
     g.add_argument("--hidden", type=_positive_int, metavar="H", help="hidden size H of every arm (preset)")
     g.add_argument("--embedding", type=_positive_int, metavar="E",
                    help="token embedding size (charlm, copy, classify --csv) (preset)")
@@ -159,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam learning rate, constant, for every arm when not tuning (preset)")
     g.add_argument("--clip", type=_nonnegative_float, metavar="X",
                    help="gradient-norm clipping threshold, 0 = off (preset)")
+    g.add_argument("--input-dropout", type=_dropout, metavar="P",
+                   help="dropout on the RNN's input (embedding or features), every arm, when not tuning (preset)")
+    g.add_argument("--output-dropout", type=_dropout, metavar="P",
+                   help="dropout on the RNN's output before the head, every arm, when not tuning (preset)")
+    g.add_argument("--weight-decay", type=_nonnegative_float, metavar="X",
+                   help="AdamW's decoupled weight decay, every arm, when not tuning (preset)")
     g.add_argument("--split", type=_split, metavar="TR/VA/TE", default=None,
                    help="train/validation/test percentages (default: 90/5/5 contiguous for charlm; 80/10/10 "
                         "stratified for classify; 80/10/10 of each seed's generated examples for adding, copy)")
@@ -172,8 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-range", type=_lr_range, metavar="LOW,HIGH",
                    help=f"tuning: learning rates log-uniform over [LOW, HIGH] (preset: {LR_RANGE[0]:g},"
                         f"{LR_RANGE[1]:g})")
-    t.add_argument("--tune-forget-bias", action="store_true", default=None,
-                   help="tuning: also draw the forget-gate bias of each trial from {0, 1} (preset: paper)")
+    t.add_argument("--dropout-max", type=_dropout, metavar="P",
+                   help="tuning: input and output dropout uniform over [0, P]; 0 = not tuned (preset)")
+    t.add_argument("--weight-decay-range", type=_lr_range, metavar="LOW,HIGH",
+                   help="tuning: AdamW weight decay log-uniform over [LOW, HIGH] (preset)")
+    t.add_argument("--tune-forget-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="tuning: also draw the forget-gate bias of each trial from {0, 1} (preset: on for paper)")
+    t.add_argument("--storage", metavar="URL", default=None,
+                   help="tuning: the Optuna storage (any SQLAlchemy URL, e.g. postgresql://host/db, to share the "
+                        "studies between machines); default: sqlite in --out/tuning.db")
     t.add_argument("--min-effect", type=_nonnegative_float, metavar="DELTA", default=None,
                    help="the minimum effect δ a claim must beat, in the test metric's unit (default: charlm "
                         "0.01 bpc; classify 0.5 percentage points of accuracy; adding 0.01 MSE; copy 5%% of the "
@@ -242,11 +309,9 @@ def reproduce_config(args: argparse.Namespace) -> dict:
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
-    if args.tune_forget_bias is not None:
-        cfg["tune_forget_bias"] = args.tune_forget_bias
     cfg["lr_range"] = tuple(cfg["lr_range"])
+    cfg["weight_decay_range"] = tuple(cfg["weight_decay_range"]) if cfg.get("weight_decay_range") else None
     cfg["split"] = tuple(args.split) if args.split is not None else task.default_split
-    cfg["min_effect"] = args.min_effect
     cfg["models"] = check_arms([m.strip() for m in args.models.split(",") if m.strip()])
     cfg["task"] = args.task
     cfg["corpus"] = os.path.abspath(args.corpus) if args.corpus is not None else None

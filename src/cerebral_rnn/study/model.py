@@ -6,6 +6,11 @@ numbers per step feed the RNN directly); ``outputs`` is the head's size; ``reado
 reads the RNN output at every step: language modelling, copy) or ``"final"`` (the head reads the final hidden
 state ``h_n`` of the last layer: classification, adding; with packed input that is each sequence's state at its
 own length).
+
+Model-level regularisation, the same for every arm (a tuning setting, see :mod:`.tuner`): ``input_dropout``
+drops features of the encoder's output (the embedding, or the raw features) before the RNN, ``output_dropout``
+drops features of the RNN's output (or of ``h_n`` with readout "final") before the head; both are
+``nn.Dropout`` (inverted dropout, active in training only). Weight decay is the optimizer's (AdamW).
 """
 
 from __future__ import annotations
@@ -60,7 +65,15 @@ def matched_width(arm: str, io: dict, hidden: int) -> int:
     return best
 
 
-def model_config(arm: str, io: dict, hidden: int, task: str, forget_bias: float | None = None) -> dict:
+def check_dropout(p, name: str) -> float:
+    """A dropout probability in [0, 1); ValueError naming ``name`` otherwise."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p < 1.0):
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
+def model_config(arm: str, io: dict, hidden: int, task: str, forget_bias: float | None = None,
+                 input_dropout: float = 0.0, output_dropout: float = 0.0) -> dict:
     """Everything needed to rebuild an arm's model (stored in every checkpoint). ``forget_bias`` is dropped
     (None) for an arm without a forget gate."""
     _arms.check_arms([arm])
@@ -68,7 +81,9 @@ def model_config(arm: str, io: dict, hidden: int, task: str, forget_bias: float 
     a = _arms.ARMS[arm]
     width = matched_width(arm, io, hidden) if a.match else hidden
     return {"task": task, "arm": arm, "io": dict(io), "hidden": hidden, "width": width,
-            "forget_bias": forget_bias if a.forget_gate else None}
+            "forget_bias": forget_bias if a.forget_gate else None,
+            "input_dropout": check_dropout(input_dropout, "--input-dropout"),
+            "output_dropout": check_dropout(output_dropout, "--output-dropout")}
 
 
 class SeqModel(nn.Module):
@@ -85,19 +100,21 @@ class SeqModel(nn.Module):
         io, arm = config["io"], _arms.ARMS[config["arm"]]
         self.readout = io["readout"]
         self.encoder = nn.Embedding(io["vocab"], io["embedding"]) if io["kind"] == "tokens" else nn.Identity()
+        self.input_dropout = nn.Dropout(config.get("input_dropout", 0.0))
         self.rnn = arm.build(input_size(io), config["width"], config.get("forget_bias"))
+        self.output_dropout = nn.Dropout(config.get("output_dropout", 0.0))
         self.head = nn.Linear(arm.output_size(config["width"]), io["outputs"])
 
     def forward(self, x: Tensor, state=None, lengths: Tensor | None = None):
-        e = self.encoder(x)  # (L, N, E)
+        e = self.input_dropout(self.encoder(x))  # (L, N, E)
         if lengths is not None:
             if self.readout != "final":
                 raise ValueError("lengths: packed input needs readout 'final' (the head reads h_n)")
             e = pack_padded_sequence(e, lengths.cpu(), enforce_sorted=False)
         y, state = self.rnn(e, state)
         if self.readout == "final":
-            return self.head(_arms.final_hidden(state)), state  # (N, K)
-        return self.head(y), state  # (L, N, K)
+            return self.head(self.output_dropout(_arms.final_hidden(state))), state  # (N, K)
+        return self.head(self.output_dropout(y)), state  # (L, N, K)
 
 
 def build_model(config: dict) -> SeqModel:

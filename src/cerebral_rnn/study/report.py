@@ -155,9 +155,10 @@ def per_seed(final_results: list[dict], arm: str, task: Task) -> dict[str, dict[
 
 
 def evaluate_claims(final_results: list[dict], task: Task, delta: float, arms: list[str]) -> list[dict]:
-    """Every claim whose two arms ran: paired statistics of the test metric with a Holm-corrected verdict, and
-    the paired difference of the final training loss (the paper's metric) beside it, without a verdict. The
-    family's claims are added only where both of their arms ran."""
+    """Every claim whose two arms ran: paired statistics of the test metric with a four-way verdict (one
+    Bonferroni correction over every claim tested, see :mod:`.stats`), and the paired difference of the final
+    training loss (the paper's metric) beside it with its 95% interval, without a verdict. The family's claims
+    are added only where both of their arms ran."""
     tested, rows = [], []
     family = tuple(c for c in FAMILY_CLAIMS if c[1] in arms and c[2] in arms)
     for text, winner, loser, in_paper in CLAIMS + family:
@@ -170,8 +171,9 @@ def evaluate_claims(final_results: list[dict], task: Task, delta: float, arms: l
             continue
         a, b = per_seed(final_results, winner, task), per_seed(final_results, loser, task)
         p = _stats.analyse(a["test"], b["test"], task.primary.higher_is_better, delta)
-        train = _stats.analyse(a["final_train_loss"], b["final_train_loss"], False, 0.0)
-        p.extra["train"] = train
+        _, tseeds = _stats.paired_differences(a["final_train_loss"], b["final_train_loss"], False)
+        tmean, _, tlow, thigh = _stats.t_interval(tseeds)
+        p.extra["train"] = {"differences": tseeds, "mean": tmean, "ci": [tlow, thigh], "n": len(tseeds)}
         tested.append(p)
         row["_paired"] = p
         rows.append(row)
@@ -180,11 +182,11 @@ def evaluate_claims(final_results: list[dict], task: Task, delta: float, arms: l
         p = row.pop("_paired", None)
         if p is None:
             continue
-        t = p.extra["train"]
         row.update(verdict=p.verdict, reason=p.reason, n=p.n, seeds=p.seeds, differences=p.differences,
-                   mean=p.mean, sd=p.sd, ci=[p.low, p.high], delta=p.delta, p_sup=p.p_sup,
-                   p_sup_holm=p.p_sup_adj, p_con=p.p_con, p_con_holm=p.p_con_adj,
-                   train_loss={"differences": t.differences, "mean": t.mean, "ci": [t.low, t.high], "n": t.n})
+                   mean=p.mean, sd=p.sd, ci=[p.low, p.high], confidence=p.confidence, m=p.m, delta=p.delta,
+                   p_sup=p.p_sup, p_sup_adj=p.p_sup_adj, p_con=p.p_con, p_con_adj=p.p_con_adj, p_eq=p.p_eq,
+                   p_eq_adj=p.p_eq_adj, mde=p.mde, eq_bound=p.eq_bound, seeds_needed=p.seeds_needed,
+                   train_loss=p.extra["train"])
     return _json_safe(rows)
 
 
@@ -214,6 +216,12 @@ def _p(x) -> str:
     return f"{x:.3g}" if x >= 0.001 else f"{x:.1e}"
 
 
+def _conf(c: dict) -> str:
+    """The deciding interval's confidence as a percentage, e.g. '99.17%'."""
+    conf = c.get("confidence")
+    return "—" if conf is None else f"{100 * conf:.4g}%"
+
+
 def verdict_lines(claims: list[dict]) -> list[str]:
     """One short line per claim, for the terminal."""
     out = []
@@ -221,13 +229,102 @@ def verdict_lines(claims: list[dict]) -> list[str]:
         if c["verdict"] == "NOT EVALUATED":
             out.append(f"{c['winner']} vs {c['loser']}: not evaluated ({c['reason']})")
             continue
-        out.append(f"{c['winner']} vs {c['loser']}: {c['verdict']} on {c['metric']} (mean difference "
-                   f"{_f(c['mean'], 4, True)}, 95% CI [{_f(c['ci'][0], 4, True)}, {_f(c['ci'][1], 4, True)}], "
-                   f"n = {c['n']}, δ = {c['delta']:g})")
+        line = (f"{c['winner']} vs {c['loser']}: {c['verdict']} on {c['metric']} (mean difference "
+                f"{_f(c['mean'], 4, True)}, deciding {_conf(c)} interval [{_f(c['ci'][0], 4, True)}, "
+                f"{_f(c['ci'][1], 4, True)}], n = {c['n']}, δ = {c['delta']:g})")
+        if c["verdict"] == _stats.INCONCLUSIVE and c.get("seeds_needed"):
+            line += f"; about {_stats.seeds_text(c['seeds_needed'])} paired seeds would decide it"
+        out.append(line)
     return out
 
 
 # -- the summary ---------------------------------------------------------------------------------------------------
+
+
+def _seed_text(seeds: list[int]) -> str:
+    """Seeds as ranges: 0-47, 50."""
+    parts, run = [], []
+    for s in sorted(seeds):
+        if run and s == run[-1] + 1:
+            run.append(s)
+            continue
+        if run:
+            parts.append(f"{run[0]}–{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)))
+        run = [s]
+    if run:
+        parts.append(f"{run[0]}–{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)))
+    return ", ".join(parts)
+
+
+def _verdict_p(c: dict):
+    """The adjusted p-value of the test behind the verdict (for INCONCLUSIVE: the smallest of the three)."""
+    ps = {_stats.SUPPORTED: c.get("p_sup_adj"), _stats.CONTRADICTED: c.get("p_con_adj"),
+          _stats.EQUIVALENT: c.get("p_eq_adj")}
+    if c["verdict"] in ps:
+        return ps[c["verdict"]]
+    finite = [p for p in ps.values() if p is not None and not (isinstance(p, float) and math.isnan(p))]
+    return min(finite) if finite else None
+
+
+def power_paragraph(claims: list[dict], unit: str) -> str:
+    """The summary's first paragraph: what was decided, and which claims were underpowered and how many paired
+    seeds would settle each."""
+    tested = [c for c in claims if c["verdict"] != "NOT EVALUATED"]
+    if not tested:
+        return "No claim could be evaluated: no claim had both of its arms in this run."
+    counts = {v: sum(c["verdict"] == v for c in tested) for v in _stats.VERDICTS}
+    decided = ", ".join(f"{counts[v]} {v}" for v in _stats.VERDICTS[:3] if counts[v])
+    n = sorted({c["n"] for c in tested})
+    text = (f"**Result.** {len(tested)} claim(s) tested at δ = {tested[0]['delta']:g} {unit} with "
+            f"{'/'.join(map(str, n))} paired seeds, family-wise error ≤ {_stats.ALPHA}: "
+            f"{decided or 'none decided'}" + (f", {counts[_stats.INCONCLUSIVE]} INCONCLUSIVE" if
+                                               counts[_stats.INCONCLUSIVE] else "") + ".")
+    under = [c for c in tested if c["verdict"] == _stats.INCONCLUSIVE]
+    if under:
+        parts = []
+        for c in under:
+            need = c.get("seeds_needed")
+            how = (f"about {_stats.seeds_text(need)} paired seeds at the observed sd" if need
+                   else "more seeds than can be estimated (observed mean on ±δ, or fewer than 2 seeds)")
+            parts.append(f"`{c['winner']}` vs `{c['loser']}` (n = {c['n']}; {how})")
+        text += " Underpowered: " + "; ".join(parts) + "."
+    else:
+        text += " Every claim tested was decided."
+    return text
+
+
+def plot_claims(claims: list[dict], path: str, unit: str) -> bool:
+    """claims.png: every tested claim's deciding interval and mean against the ±δ band, one row per claim, the
+    verdict written beside it (a forest plot). False when no claim has an interval."""
+    rows = [c for c in claims if c["verdict"] != "NOT EVALUATED" and c["ci"][0] is not None]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    delta = rows[0]["delta"]
+    colours = {_stats.SUPPORTED: "tab:green", _stats.CONTRADICTED: "tab:red", _stats.EQUIVALENT: "tab:blue",
+               _stats.INCONCLUSIVE: "tab:gray"}
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
+    ax.axvspan(-delta, delta, color="tab:blue", alpha=0.12, label=f"±δ = ±{delta:g} {unit}")
+    ax.axvline(0, color="black", linewidth=0.8)
+    for i, c in enumerate(reversed(rows)):
+        col = colours.get(c["verdict"], "black")
+        ax.plot(c["ci"], [i, i], color=col, linewidth=2.5)
+        ax.plot([c["mean"]], [i], "o", color=col)
+        ax.annotate(c["verdict"], (c["ci"][1], i), xytext=(6, -3), textcoords="offset points", fontsize=8, color=col)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{c['winner']} vs {c['loser']} (n={c['n']})" for c in reversed(rows)], fontsize=8)
+    ax.set_xlabel(f"mean d = advantage of A over B ({unit}; > 0: A better), deciding {_conf(rows[0])} interval")
+    ax.set_title("The claims: deciding intervals against the ±δ band")
+    ax.legend(loc="best", fontsize=8)
+    ax.margins(x=0.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -244,10 +341,27 @@ def fmt_mean_std(values, digits: int = 3) -> str:
     return f"{_f(m, digits)} ± {_f(s, digits)}" if not math.isnan(s) else _f(m, digits)
 
 
+TUNE_SEED0_TEXT = "10000"
+
+
+def _storage_name(url: str) -> str:
+    """A storage URL without a password, and a SQLite file by its name only."""
+    if url.startswith("sqlite:///"):
+        import os
+
+        return "sqlite:///…/" + os.path.basename(url)
+    head, at, tail = url.rpartition("@")
+    return ("…@" + tail) if at else url
+
+
 def _setting(chosen: dict | None) -> str:
     if not chosen:
         return "—"
     s = f"{chosen['lr']:.3g}"
+    if chosen.get("input_dropout") or chosen.get("output_dropout"):
+        s += f", dropout {chosen.get('input_dropout', 0):.2f}/{chosen.get('output_dropout', 0):.2f}"
+    if chosen.get("weight_decay"):
+        s += f", wd {chosen['weight_decay']:.1e}"
     if chosen.get("forget_bias") is not None:
         s += f", fb {chosen['forget_bias']:g}"
     return s
@@ -259,23 +373,34 @@ def summary_markdown(rows: list[dict], final_results: list[dict], info: dict) ->
     task, cfg, arms = info["task"], info["config"], info["arms"]
     m, key = task.primary, task.primary.key
     claims = evaluate_claims(final_results, task, info["min_effect"], arms)
-    out = [f"# Cerebral LSTM study — task `{task.name}`", "", task.intro(cfg, info["data"]), ""]
+    out = [f"# Cerebral LSTM study — task `{task.name}`", "", power_paragraph(claims, m.unit), "",
+           task.intro(cfg, info["data"]), ""]
+    if info.get("claims_png"):
+        import os
+
+        if plot_claims(claims, info["claims_png"], m.unit):
+            info["forest_plot"] = os.path.basename(info["claims_png"])
     tuned = cfg["tune"] > 0
-    lr_text = (f"learning rate tuned per arm ({cfg['tune']} trials, see Tuning)" if tuned
-               else f"learning rate {cfg['lr']:g} for every arm (not tuned)")
+    if tuned:
+        setting = (f"a setting tuned per arm ({cfg['tune']} Optuna trials over the same search space, see "
+                   f"Tuning)")
+    else:
+        setting = (f"learning rate {cfg['lr']:g}, input dropout {cfg.get('input_dropout', 0):g}, output dropout "
+                   f"{cfg.get('output_dropout', 0):g}, weight decay {cfg.get('weight_decay', 0):g} for every arm "
+                   f"(not tuned)")
     stop = (f"early stopping when the validation loss has not improved for {cfg['patience']} epochs, at most "
             f"{cfg['epochs']} epochs" if cfg["patience"] else f"{cfg['epochs']} epochs (no early stopping)")
-    out.append(f"Every arm: hidden size H = {cfg['hidden']}, Adam with a constant {lr_text}, batch "
-               f"{cfg['batch_size']}, gradient clipping {cfg['clip']}, {stop}; the test split is measured once "
-               f"per run, on the weights of its best validation epoch. Seeds {', '.join(map(str, info['seeds']))} "
-               f"(seed = initial weights and data order; paired across arms). {info['world_size']} process(es), "
-               f"{info['jobs']} run(s) at a time, device {cfg['device']}; wall time of this invocation "
-               f"{info['wall_seconds']:.0f} s.")
+    out.append(f"Every arm: hidden size H = {cfg['hidden']}, AdamW with a constant learning rate and {setting}, "
+               f"batch {cfg['batch_size']}, gradient clipping {cfg['clip']}, {stop}; the test split is measured "
+               f"once per run, on the weights of its best validation epoch. Seeds {_seed_text(info['seeds'])} "
+               f"({len(info['seeds'])}; seed = initial weights and data order; paired across arms). "
+               f"{info['world_size']} process(es), {info['jobs']} run(s) at a time, device {cfg['device']}; "
+               f"wall time of this invocation {info['wall_seconds']:.0f} s.")
     succ = task.success_rule()
     out += ["", "## Arms", "", f"Mean ± standard deviation over seeds. Test {m.label} ({m.unit}) on each run's "
             f"best-validation weights; final train loss ({task.loss_label}) at the run's last epoch (the paper's "
             "metric)." + (f" Successes: runs with {succ}." if succ else ""), ""]
-    head = (f"| arm | RNN width | parameters | lr | epochs run | best epoch | final train loss | best val {key} | "
+    head = (f"| arm | RNN width | parameters | setting | epochs run | best epoch | final train loss | best val {key} | "
             f"**test {key}** |" + (" successes |" if succ else "") + " s / epoch |")
     out += [head, "|" + "---|" * (head.count("|") - 1)]
     by_run = {}
@@ -299,35 +424,47 @@ def summary_markdown(rows: list[dict], final_results: list[dict], info: dict) ->
 
     out += ["", "## The claims", ""]
     direction = "higher" if m.higher_is_better else "lower"
+    tested = [c for c in claims if c["verdict"] != "NOT EVALUATED"]
+    n_tested = len(tested)
+    conf = _conf(tested[0]) if tested else "—"
     out.append(
         f"Verdicts are about the **test {m.label}** ({m.unit}, {direction} is better). For each claim \"A beats B\" "
-        f"and each seed both arms ran, d = the test metric's advantage of A over B (positive: the claim holds on "
-        f"that seed). Mean d, sample standard deviation and the two-sided 95% t-interval over seeds; minimum "
-        f"effect declared in advance δ = {info['min_effect']:g} {m.unit}; one-sided t-tests of \"mean d ≤ δ\" "
-        f"(p beyond δ) and \"mean d ≥ 0\" (p other side), each family Holm-corrected over the "
-        f"{sum(c['verdict'] != 'NOT EVALUATED' for c in claims)} claims tested here. **SUPPORTED**: Holm p beyond "
-        f"δ < {_stats.ALPHA}; **CONTRADICTED**: Holm p other side < {_stats.ALPHA}; otherwise **INCONCLUSIVE** "
-        f"(we do not know). The paper's own metric, the final training loss, is shown beside it as a paired "
-        f"mean difference (positive: A lower) with its 95% interval, without a verdict: a lower training loss "
-        f"is not evidence of a better model.")
-    out += ["", (f"| claim | A vs B | verdict (test {key}) | mean d | 95% CI | n | p beyond δ (raw / Holm) | "
-                f"p other side (raw / Holm) | paper's metric: final train loss d [95% CI] |"),
-            "|---|---|---|---|---|---|---|---|---|"]
+        f"and each seed both arms ran, d = the test metric's advantage of A over B (positive: A better on that "
+        f"seed). Minimum effect declared in advance: δ = {info['min_effect']:g} {m.unit}. Each claim is decided "
+        f"by its **deciding interval**, the two-sided {conf} t-interval of the mean d (Bonferroni over the "
+        f"{n_tested} claims tested here: 1 − {_stats.ALPHA}/{n_tested}): **SUPPORTED** if it lies above +δ, "
+        f"**CONTRADICTED** if below −δ, **EQUIVALENT** if inside ±δ (two one-sided tests), otherwise "
+        f"**INCONCLUSIVE**. The family-wise error of all verdicts together is at most {_stats.ALPHA}. The p "
+        f"column is the Bonferroni-adjusted p-value of the test behind the verdict reached, or of the nearest "
+        f"one for INCONCLUSIVE (beyond +δ, beyond −δ, within ±δ: below {_stats.ALPHA} exactly when that verdict "
+        f"is reached). Power at {int(_stats.POWER * 100)}%: *detectable* is the smallest true |mean d| this run "
+        f"would call SUPPORTED or CONTRADICTED four times in five (its n, the observed sd, the correction); "
+        f"*equivalence if* the largest true |mean d| it would call EQUIVALENT four times in five; *seeds to "
+        f"decide* the paired seeds that the observed mean and sd would need for a verdict. The paper's own metric, "
+        f"the final training loss, is shown beside it as a paired mean difference (positive: A lower) with its "
+        f"95% interval, without a verdict: a lower training loss is not evidence of a better model.")
+    out += ["", (f"| claim | A vs B | verdict (test {key}) | mean d | sd | deciding interval | n | p (adj.) | "
+                f"detectable | equivalence if | seeds to decide | paper's metric: final train loss d [95% CI] |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in claims:
         tag = "" if c["in_paper"] else " *(ours)*"
         pair = f"`{c['winner']}` vs `{c['loser']}`"
         if c["verdict"] == "NOT EVALUATED":
-            out.append(f"| {c['claim']}{tag} | {pair} | not evaluated: {c['reason']} | | | | | | |")
+            out.append(f"| {c['claim']}{tag} | {pair} | not evaluated: {c['reason']} | | | | | | | | | |")
             continue
         t = c["train_loss"]
+        eq = "—" if c.get("eq_bound") is None else f"< {_f(c['eq_bound'], 4)}"
+        seeds = _stats.seeds_text(c.get("seeds_needed")) if c["verdict"] == _stats.INCONCLUSIVE else "decided"
         out.append(f"| {c['claim']}{tag} | {pair} | **{c['verdict']}** | {_f(c['mean'], 4, True)} | "
-                   f"[{_f(c['ci'][0], 4, True)}, {_f(c['ci'][1], 4, True)}] | {c['n']} | {_p(c['p_sup'])} / "
-                   f"{_p(c['p_sup_holm'])} | {_p(c['p_con'])} / {_p(c['p_con_holm'])} | "
+                   f"{_f(c['sd'], 4)} | [{_f(c['ci'][0], 4, True)}, {_f(c['ci'][1], 4, True)}] | {c['n']} | "
+                   f"{_p(_verdict_p(c))} | {_f(c.get('mde'), 4)} | {eq} | {seeds} | "
                    f"{_f(t['mean'], 3, True)} [{_f(t['ci'][0], 3, True)}, {_f(t['ci'][1], 3, True)}] |")
     reasons = [f"- `{c['winner']}` vs `{c['loser']}`: INCONCLUSIVE because {c['reason']}." for c in claims
                if c["verdict"] != "NOT EVALUATED" and c["n"] < 2]
     if reasons:
         out += ["", *reasons]
+    if info.get("forest_plot"):
+        out += ["", f"![The deciding intervals against the ±δ band]({info['forest_plot']})"]
     if task.name == "charlm":
         paper = ", ".join(f"{k} {v}" for k, v in PAPER_EPOCH500.items())
         out += ["", (f"For reference, the paper reports training losses at epoch 500 of {paper} (nats/char; its "
@@ -350,26 +487,27 @@ def summary_markdown(rows: list[dict], final_results: list[dict], info: dict) ->
 
     if info.get("tuning"):
         tu = info["tuning"]
-        lo, hi = tu["lr_range"]
         out += ["", "## Tuning", "",
-                (f"Every arm trained once with each of the same {tu['trials_per_arm']} settings: learning rate "
-                 f"log-uniform over [{lo:g}, {hi:g}]" + (", forget-gate bias from {0, 1}" if tu["forget_bias_tuned"]
-                                                         else "") +
-                 f", drawn once from a generator seeded with {tu['draw_seed']}; trial t trains with seed "
-                 f"{tu['settings'][0]['seed'] if tu['settings'] else ''} + t (never a final seed), the same "
-                 f"epoch cap and early stopping; scored by the best validation loss. The chosen trial (**bold**) "
-                 f"sets the arm's setting for its final seeds. The test split is not used."), "",
-                "| arm | trial | lr | forget bias | epochs | best epoch | best val loss | best val " + key + " |",
-                "|---|---|---|---|---|---|---|---|"]
+                (f"One Optuna study per arm, each with the same search space ({tu['search_space']}), the same "
+                 f"sampler ({tu['sampler']}: its points do not depend on the results, so every arm is tuned over "
+                 f"the same {tu['trials_per_arm']} settings) and the same {tu['trials_per_arm']} trials; trial t "
+                 f"trains with seed {TUNE_SEED0_TEXT} + t (never a final seed), the same epoch cap and early "
+                 f"stopping; scored by the best validation loss. The chosen trial (**bold**) sets the arm's "
+                 f"setting for its final seeds. The test split is not used. Studies stored in "
+                 f"`{_storage_name(tu['storage'])}`."), "",
+                "| arm | trial | lr | input dropout | output dropout | weight decay | forget bias | epochs | "
+                "best epoch | best val loss | best val " + key + " |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm in arms:
             for t in tu["trials"].get(arm, []):
                 bold = "**" if tu["chosen"].get(arm, {}).get("trial") == t["trial"] else ""
                 fb = "default" if t["forget_bias"] is None else f"{t['forget_bias']:g}"
                 if t["forget_bias"] is not None and arm in _arms.ARMS and not _arms.ARMS[arm].forget_gate:
                     fb = "n/a (no forget gate)"
-                out.append(f"| `{arm}` | {bold}{t['trial']}{bold} | {bold}{t['lr']:.3g}{bold} | {fb} | "
-                           f"{t['epochs']} | {t['best_epoch']} | {bold}{t['best_val']['loss']:.4f}{bold} | "
-                           f"{t['best_val'][key]:.4f} |")
+                out.append(f"| `{arm}` | {bold}{t['trial']}{bold} | {bold}{t['lr']:.3g}{bold} | "
+                           f"{t.get('input_dropout', 0):.3f} | {t.get('output_dropout', 0):.3f} | "
+                           f"{t.get('weight_decay', 0):.2e} | {fb} | {t['epochs']} | {t['best_epoch']} | "
+                           f"{bold}{_f(t['best_val']['loss'], 4)}{bold} | {_f(t['best_val'][key], 4)} |")
 
     gaps = info.get("path_gaps") or {}
     if gaps:

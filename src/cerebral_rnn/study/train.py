@@ -1,7 +1,8 @@
 """The training loop every task shares: runs (arm x seed, and tuning trials), early stopping, the test metric,
 checkpoints and resume, tuning, parallel runs, DDP under torchrun.
 
-**A run** trains one arm with one seed and one setting (learning rate, optional forget-gate bias). The seed
+**A run** trains one arm with one seed and one setting (learning rate, input and output dropout, AdamW's weight
+decay, optional forget-gate bias). The seed
 sets the initial weights (torch, numpy and Python generators seeded with it) and the data order: each epoch
 shuffles the training examples with a generator seeded by ``(seed, epoch)`` alone, so every arm sees the same
 examples in the same order, and a resumed run sees what an uninterrupted one would have. The last incomplete
@@ -9,11 +10,10 @@ batch of an epoch is dropped. After each epoch the validation split is evaluated
 ends when the validation loss has not improved for ``patience`` epochs (0: never), or at ``epochs`` (the cap).
 The **test** split is evaluated once, when a final run ends, on the weights of its best validation epoch.
 
-**Tuning** (``tune`` = N > 0): N settings are drawn once — learning rates log-uniform over ``lr_range``
-(stratified, see :func:`tuning_settings`) and, with ``tune_forget_bias``, forget-gate biases balanced between
-0 and 1 — from a generator seeded with ``TUNE_DRAW_SEED``, and *every arm* trains once with each (trial t
-uses seed ``TUNE_SEED0 + t``, never a final seed) under the same cap and early-stopping rule. Each arm's setting with the lowest best validation loss (ties: the earlier
-trial) is then used by its final seeds 0..n-1. The test split is never looked at while tuning.
+**Tuning** (``tune`` = N > 0): one Optuna study per arm, the same search space, sampler and N trials for every
+arm (see :mod:`.tuner`); trial t uses seed ``TUNE_SEED0 + t``, never a final seed, under the same cap and
+early-stopping rule. Each arm's trial with the lowest best validation loss (ties: the earlier trial) sets the
+arm's setting for its final seeds. The test split is never looked at while tuning.
 
 **Checkpoints** (``checkpoints/<arm>-seed<s>.pt``; tuning: ``checkpoints/tune/<arm>-trial<t>.pt``) are written
 after every epoch through a temporary file and ``os.replace``: model, optimizer, RNG states, metrics, early-
@@ -48,16 +48,17 @@ from cerebral_rnn import backends as _backends
 from . import arms as _arms
 from . import data as _data
 from . import model as _model
+from . import tuner as _tuner
 from .task import Task, TaskData, get_task
 
-CHECKPOINT_FORMAT = 2
-TUNE_SEED0 = 10_000  # tuning trial t trains with seed TUNE_SEED0 + t; final seeds must stay below it
-TUNE_DRAW_SEED = 2020  # the generator that draws the tuning settings
+CHECKPOINT_FORMAT = 3
+TUNE_SEED0 = _tuner.TUNE_SEED0  # tuning trial t trains with seed TUNE_SEED0 + t; final seeds must stay below it
 
 # Settings that change what is computed: a resumed run must use the same ones as the run it continues
 # (the task adds its own: Task.keys). --epochs, --seeds, --models, --jobs and --threads may change.
 COMMON_KEYS = ("task", "hidden", "batch_size", "lr", "clip", "split", "patience", "tune", "lr_range",
-               "tune_forget_bias")
+               "tune_forget_bias", "input_dropout", "output_dropout", "weight_decay", "dropout_max",
+               "weight_decay_range")
 
 _LSTMP_WARNING = "LSTM with projections is not supported with oneDNN"  # torch's note, once per process
 
@@ -195,6 +196,9 @@ class RunSpec:
     lr: float
     forget_bias: float | None = None
     trial: int | None = None
+    input_dropout: float = 0.0
+    output_dropout: float = 0.0
+    weight_decay: float = 0.0
 
     @property
     def name(self) -> str:
@@ -210,31 +214,32 @@ class RunSpec:
         return base + ".pt", base + "-best.pt"
 
     def setting(self) -> dict:
-        return {"lr": self.lr, "forget_bias": self.forget_bias}
+        return {k: getattr(self, k) for k in _tuner.SETTING_KEYS}
+
+    @classmethod
+    def make(cls, phase: str, arm: str, seed: int, setting: dict, trial: int | None = None) -> RunSpec:
+        return cls(phase, arm, seed, float(setting["lr"]), setting.get("forget_bias"), trial,
+                   float(setting.get("input_dropout", 0.0)), float(setting.get("output_dropout", 0.0)),
+                   float(setting.get("weight_decay", 0.0)))
 
 
 def checkpoint_paths(out: str, arm: str, seed: int) -> tuple[str, str]:
     return RunSpec("final", arm, seed, 0.0).paths(out)
 
 
-def tuning_settings(n: int, lr_range, forget_bias: bool) -> list[dict]:
-    """The N settings every arm is tuned over: {"trial", "seed", "lr", "forget_bias"}.
-
-    Learning rates are log-uniform over ``lr_range``, drawn stratified (Latin hypercube): [ln lo, ln hi] is cut
-    into N equal parts, each trial draws uniformly from a different part, in a random order — so each draw
-    is log-uniform over the whole range and the N draws cover it evenly. With ``forget_bias`` the trials'
-    forget-gate biases are balanced between 0 and 1 (``t % 2`` in a random order); else None (the arm's
-    default initialisation). Deterministic: a generator seeded with TUNE_DRAW_SEED.
-    """
-    lo, hi = lr_range
-    g = torch.Generator().manual_seed(TUNE_DRAW_SEED)
-    strata = torch.randperm(n, generator=g).tolist()
-    biases = [float(t % 2) for t in torch.randperm(n, generator=g).tolist()]
-    out = []
-    for t in range(n):
-        u = (strata[t] + float(torch.rand((), generator=g, dtype=torch.float64))) / n
-        lr = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-        out.append({"trial": t, "seed": TUNE_SEED0 + t, "lr": lr, "forget_bias": biases[t] if forget_bias else None})
+def seed_list(seeds) -> list[int]:
+    """The final seeds: an int N (seeds 0..N-1) or a list of distinct ints in [0, TUNE_SEED0)."""
+    if isinstance(seeds, bool):
+        raise ValueError(f"--seeds: expected a count or a list of seeds, got {seeds!r}")
+    out = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not out:
+        raise ValueError("--seeds: expected at least one seed")
+    bad = [s for s in out if not 0 <= s < TUNE_SEED0]
+    if bad:
+        raise ValueError(f"--seeds: seeds must lie in [0, {TUNE_SEED0}) (tuning trials use seeds from "
+                         f"{TUNE_SEED0} on), got {bad[0]}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"--seeds: a seed is listed twice: {out}")
     return out
 
 
@@ -323,9 +328,11 @@ def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
     last_path, best_path = spec.paths(ctx.out)
     splits = ctx.splits(spec.seed)
     _model.seed_everything(spec.seed)
-    config = _model.model_config(spec.arm, ctx.data.io, cfg["hidden"], task.name, spec.forget_bias)
+    config = _model.model_config(spec.arm, ctx.data.io, cfg["hidden"], task.name, spec.forget_bias,
+                                 spec.input_dropout, spec.output_dropout)
     model = _model.build_model(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    # AdamW: decoupled weight decay (with weight_decay 0 every step is Adam's)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     metrics: list[dict] = []
     start, best_val, best_epoch, bad, stopped, result = 0, math.inf, 0, 0, None, None
     best_vals: dict = {}
@@ -347,6 +354,13 @@ def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
                              f"pass --epochs {start} or more to resume it")
         if stopped == "cap" and start < cfg["epochs"]:
             stopped, result = None, None  # a larger cap: train on
+        elif stopped is None and start == cfg["epochs"]:
+            # cut off after its last epoch under this cap, before it was finished: finish it now
+            stopped = "cap"
+            if dist.main:
+                result = _finish(ctx, spec, config, metrics, stopped, best_epoch, best_vals, best_path, model)
+                ckpt.update(stopped=stopped, result=result)
+                atomic_save(ckpt, last_path)
     if stopped is not None:
         ctx.progress.log(f"[{spec.name}] finished earlier ({start} epochs, {stopped} stop), skipped")
         return {"spec": asdict(spec), "config": config, "metrics": metrics, "result": result,
@@ -379,13 +393,13 @@ def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
             total[0] += float(loss.detach()) * count
             total[1] += count
         if dist.active:
-            torch.distributed.all_reduce(total)
+            total = sum_over_ranks(total, dist)
         train_loss = float(total[0] / total[1])
         val = task.evaluate(model, splits.val, device)
         seconds = time.perf_counter() - t0
         row = _metric_row(spec, epoch + 1, train_loss, val, seconds, task)
         metrics.append(row)
-        improved = val["loss"] < best_val or best_epoch == 0  # a NaN loss never improves on a number
+        improved = math.isfinite(val["loss"]) and val["loss"] < best_val  # NaN or inf never improves
         if improved:
             best_val, best_epoch, bad, best_vals = val["loss"], epoch + 1, 0, dict(val)
         else:
@@ -437,8 +451,12 @@ def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
             "path_gap": _model.path_difference(model)}
 
 
-def _nan_last(x: float) -> float:
-    return math.inf if math.isnan(x) else x
+def sum_over_ranks(values: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """All-reduce (sum) a CPU tensor over the process group, on the group's device (nccl takes only CUDA
+    tensors); returned on the CPU."""
+    on_device = values.to(dist.device)
+    torch.distributed.all_reduce(on_device)
+    return on_device.cpu()
 
 
 def _task_info(ctx: RunContext) -> dict:
@@ -454,7 +472,12 @@ def _finish(ctx: RunContext, spec: RunSpec, config: dict, metrics: list[dict], s
     """The run's result; for a final run the test metrics, measured once on its best-validation weights."""
     result = {"stopped": stopped, "epochs": len(metrics), "best_epoch": best_epoch, "best_val": dict(best_vals),
               "final_train_loss": metrics[-1]["train_loss"]}
-    if spec.phase == "final":
+    if spec.phase == "final" and (best_epoch == 0 or best_path is None or not os.path.exists(best_path)):
+        # the validation loss was never finite: no best weights to test
+        result["test"] = {"loss": math.nan, **{c: math.nan for c in ctx.task.columns}}
+        result["success"] = None
+        result["diverged"] = True
+    elif spec.phase == "final":
         best = _model.build_model(config).to(ctx.dist.device)
         best.load_state_dict(load_checkpoint(best_path)["model"])
         test = ctx.task.evaluate(best, ctx.splits(spec.seed).test, ctx.dist.device)
@@ -486,15 +509,16 @@ def _worker_run(spec: RunSpec, resume: bool) -> dict:
 def run_all(ctx: RunContext, specs: list[RunSpec], resume: bool, jobs: int, quiet: bool, on_done,
             cost: dict | None = None) -> None:
     """Train every run of ``specs``: one after another in this process, or ``jobs`` at a time in spawned
-    worker processes, the costliest arms first (``cost``: arm -> a size, e.g. its parameter count) so that
-    the last runs to finish are short ones. ``on_done(result)`` is called here, in the parent, as each run
+    worker processes, seed by seed (trial by trial), the costliest arm first within each (``cost``: arm -> a
+    size, e.g. its parameter count): a study cut off early holds complete pairs of the seeds it reached. ``on_done(result)`` is called here, in the parent, as each run
     ends. The order changes no result: every run is independent and seeded."""
     if jobs <= 1 or ctx.dist.active or ctx.stop_after_epochs is not None or len(specs) <= 1:
         for spec in specs:
             on_done(train_one(ctx, spec, resume))
         return
-    if cost:
-        specs = sorted(specs, key=lambda s: -cost.get(s.arm, 0))  # stable: seeds and trials keep their order
+    if cost:  # round by round (a seed, or a trial, of every arm), the costliest arm first in each round
+        rounds = {k: i for i, k in enumerate(dict.fromkeys(s.trial if s.phase == "tune" else s.seed for s in specs))}
+        specs = sorted(specs, key=lambda s: (rounds[s.trial if s.phase == "tune" else s.seed], -cost.get(s.arm, 0)))
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -604,8 +628,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
     t_start = time.perf_counter()
     task = get_task(cfg["task"])
     arms = _arms.check_arms(list(cfg["models"]))
-    if cfg["seeds"] > TUNE_SEED0:
-        raise ValueError(f"--seeds: at most {TUNE_SEED0} (tuning trials use seeds from {TUNE_SEED0} on)")
+    seeds = seed_list(cfg["seeds"])
     if cfg["tune"]:
         lo, hi = cfg["lr_range"]
         if not (0 < lo < hi):
@@ -624,7 +647,6 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
     compiled_backends = _backends.prepare() if cfg["device"] == "cpu" else {}
     _check_previous_run(out, resume, cfg, task, data_id)
     dist.barrier()  # every rank has looked at --out before rank 0 writes into it
-    seeds = list(range(cfg["seeds"]))
     io = data.io
     configs = {a: _model.model_config(a, io, cfg["hidden"], task.name) for a in arms}
     params = {a: _model.count_parameters(a, io, c["width"]) for a, c in configs.items()}
@@ -689,38 +711,48 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
         progress.run_done()
 
     try:
-        # 1. tuning: every arm, the same N settings
+        # 1. tuning: one Optuna study per arm, the same N settings for every arm
         chosen: dict[str, dict] = {}
-        settings = tuning_settings(cfg["tune"], cfg["lr_range"], cfg["tune_forget_bias"]) if cfg["tune"] else []
-        if settings:
-            specs = [RunSpec("tune", a, s["seed"], s["lr"], s["forget_bias"], s["trial"]) for a in arms
-                     for s in settings]
-            progress.log(f"tuning: {len(settings)} trials per arm, {len(specs)} runs")
+        fixed = {k: cfg.get(k, 0.0) for k in ("lr", "input_dropout", "output_dropout", "weight_decay")}
+        if cfg["tune"]:
+            fp = _tuner.fingerprint(training_config(cfg, task), data_id)
+            settings = _tuner.trial_settings(arms, cfg, out, fp) if dist.main else None
+            if dist.active:
+                box = [settings]
+                torch.distributed.broadcast_object_list(box, src=0)
+                settings = box[0]
+            specs = [RunSpec.make("tune", a, s["seed"], s, s["trial"]) for a in arms for s in settings[a]]
+            progress.log(f"tuning: {cfg['tune']} trials per arm, {len(specs)} runs")
             run_all(ctx, specs, resume, jobs, quiet, on_done, params)
             trials = {a: [] for a in arms}
             for (ph, a, _), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[1]["spec"]["trial"])):
                 if ph == "tune":
                     rr = r["result"]
-                    trials[a].append({**{k: r["spec"][k] for k in ("trial", "seed", "lr", "forget_bias")},
+                    trials[a].append({**{k: r["spec"][k] for k in ("trial", "seed", *_tuner.SETTING_KEYS)},
                                       "epochs": rr["epochs"], "stopped": rr["stopped"],
                                       "best_epoch": rr["best_epoch"], "best_val": rr["best_val"]})
             if dist.main:
+                _tuner.record(trials, cfg, out, fp)
                 for a in arms:
-                    best = min(trials[a], key=lambda t: (_nan_last(t["best_val"]["loss"]), t["trial"]))
-                    chosen[a] = {"lr": best["lr"], "forget_bias": best["forget_bias"], "trial": best["trial"]}
+                    if not trials[a]:
+                        raise ValueError(f"tuning: no trial of arm {a!r} finished (all {cfg['tune']} were cut "
+                                         f"off?); continue with --resume")
+                    best = _tuner.choose(trials[a])
+                    chosen[a] = {**{k: best[k] for k in _tuner.SETTING_KEYS}, "trial": best["trial"]}
             if dist.active:  # every rank trains with rank 0's choice
                 box = [chosen]
                 torch.distributed.broadcast_object_list(box, src=0)
                 chosen = box[0]
-            manifest["tuning"] = {"trials_per_arm": cfg["tune"], "lr_range": list(cfg["lr_range"]),
-                                  "forget_bias_tuned": bool(cfg["tune_forget_bias"]),
-                                  "draw_seed": TUNE_DRAW_SEED, "settings": settings, "trials": trials,
-                                  "chosen": chosen}
+            manifest["tuning"] = {"trials_per_arm": cfg["tune"], "search_space": _tuner.describe_space(cfg),
+                                  "sampler": f"optuna.samplers.QMCSampler(scramble=True, seed={_tuner.SAMPLER_SEED})",
+                                  "storage": _tuner.storage_url(cfg, out), "fingerprint": fp,
+                                  "lr_range": list(cfg["lr_range"]), "forget_bias_tuned": bool(cfg["tune_forget_bias"]),
+                                  "trials": trials, "chosen": chosen}
             write_manifest()
         else:
-            chosen = {a: {"lr": cfg["lr"], "forget_bias": None, "trial": None} for a in arms}
+            chosen = {a: {**fixed, "forget_bias": None, "trial": None} for a in arms}
         # 2. the final seeds, each arm with its setting
-        specs = [RunSpec("final", a, s, chosen[a]["lr"], chosen[a]["forget_bias"]) for a in arms for s in seeds]
+        specs = [RunSpec.make("final", a, s, chosen[a]) for a in arms for s in seeds]
         if resume:  # metrics of runs finished or started earlier, so metrics.csv is whole from the start
             for spec in specs:
                 p = spec.paths(out)[0]
@@ -741,6 +773,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
         if task.name == "charlm":
             atomic_write_text(_samples(out, arms, seeds, data), os.path.join(out, "samples.txt"))
         info["wall_seconds"] = time.perf_counter() - t_start
+        info["claims_png"] = os.path.join(out, "claims.png")
         text, claims = _report.summary_markdown(rows, final_results, info)
         atomic_write_text(text, os.path.join(out, "summary.md"))
         manifest.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
