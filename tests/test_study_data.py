@@ -11,11 +11,11 @@ from collections import Counter
 import pytest
 import torch
 
-from cerebral_rnn.study import adding as AD
-from cerebral_rnn.study import classify as CL
-from cerebral_rnn.study import copy_task as CP
 from cerebral_rnn.study import corpus as C
 from cerebral_rnn.study import data as D
+from cerebral_rnn.study.tasks import adding as AD
+from cerebral_rnn.study.tasks import classify as CL
+from cerebral_rnn.study.tasks import copy as CP
 
 # -- charlm: corpus and contiguous split ----------------------------------------------------------------------
 

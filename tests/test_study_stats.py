@@ -10,8 +10,8 @@ import pytest
 
 from cerebral_rnn.study import report as R
 from cerebral_rnn.study import stats as S
-from cerebral_rnn.study.charlm import TASK as CHARLM
-from cerebral_rnn.study.classify import TASK as CLASSIFY
+from cerebral_rnn.study.tasks.charlm import TASK as CHARLM
+from cerebral_rnn.study.tasks.classify import TASK as CLASSIFY
 
 
 def test_t_interval_against_a_hand_computed_value():

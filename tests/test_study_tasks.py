@@ -16,10 +16,11 @@ import torch
 
 from cerebral_rnn.cli import main
 from cerebral_rnn.study import arms as A
-from cerebral_rnn.study import classify as CL
+from cerebral_rnn.study import checkpoint as T
 from cerebral_rnn.study import model as M
 from cerebral_rnn.study import report as R
-from cerebral_rnn.study import train as T
+from cerebral_rnn.study import tuner as TU
+from cerebral_rnn.study.tasks import classify as CL
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAST = ["--hidden", "4", "--patience", "0", "--jobs", "1", "--threads", "1", "--quiet"]
@@ -159,47 +160,70 @@ def test_synthetic_tasks_end_to_end_and_resume(tmp_path, task, extra, metric_col
 
 
 def test_tuning_gives_every_arm_the_same_budget(tmp_path):
+    import optuna
+
     out = tmp_path / "tuned"
     arms = ["cerebral", "lstm"]
     assert run_cli("--task", "adding", "--length", "5", "--examples", "200", "--batch-size", "16", "--epochs", "3",
                    "--seeds", "2", "--models", ",".join(arms), "--tune", "3", "--lr-range", "1e-3,3e-2",
-                   "--tune-forget-bias", "--out", str(out), *FAST) == 0
+                   "--dropout-max", "0.3", "--weight-decay-range", "1e-5,1e-2", "--tune-forget-bias",
+                   "--out", str(out), *FAST) == 0
     m = json.loads((out / "manifest.json").read_text())
     tu = m["tuning"]
     assert tu["trials_per_arm"] == 3 and tu["lr_range"] == [1e-3, 3e-2] and tu["forget_bias_tuned"]
-    settings = [(t["lr"], t["forget_bias"], t["seed"]) for t in tu["settings"]]
-    assert len(settings) == 3 and all(1e-3 <= lr <= 3e-2 and fb in (0.0, 1.0) for lr, fb, _ in settings)
-    assert {s for _, _, s in settings}.isdisjoint(m["seeds"])  # tuning seeds are not final seeds
+    keys = ("lr", "input_dropout", "output_dropout", "weight_decay", "forget_bias", "seed")
+    settings = {arm: [tuple(t[k] for k in keys) for t in tu["trials"][arm]] for arm in arms}
+    assert settings["cerebral"] == settings["lstm"]  # the same settings for every arm
+    for lr, din, dout, wd, fb, _ in settings["lstm"]:
+        assert 1e-3 <= lr <= 3e-2 and 0 <= din <= 0.3 and 0 <= dout <= 0.3 and 1e-5 <= wd <= 1e-2
+        assert fb in (0.0, 1.0)
+    assert len(set(settings["lstm"])) == 3
+    assert {s[-1] for s in settings["lstm"]}.isdisjoint(m["seeds"])  # tuning seeds are not final seeds
     runs = R.read_csv(str(out / "runs.csv"))
+    storage = f"sqlite:///{out / 'tuning.db'}"
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert len(names) == 2 and all(n.startswith("cerebral-rnn:") for n in names)
     for arm in arms:
         trials = [r for r in runs if r["phase"] == "tune" and r["model"] == arm]
-        assert sorted((r["lr"], r["forget_bias"], r["seed"]) for r in trials) == sorted(settings)  # same budget
+        assert sorted(tuple(r[k] for k in keys) for r in trials) == sorted(settings[arm])  # same budget
         assert all(r["test_loss"] is None for r in trials)  # tuning never looks at the test split
         best = min(trials, key=lambda r: (r["best_val_loss"], r["trial"]))
-        assert tu["chosen"][arm] == {"lr": best["lr"], "forget_bias": best["forget_bias"], "trial": best["trial"]}
+        assert tu["chosen"][arm] == {**{k: best[k] for k in keys[:-1]}, "trial": best["trial"]}
         finals = [r for r in runs if r["phase"] == "final" and r["model"] == arm]
-        assert len(finals) == 2 and all((r["lr"], r["forget_bias"]) == (best["lr"], best["forget_bias"])
+        assert len(finals) == 2 and all(tuple(r[k] for k in keys[:-1]) == tuple(best[k] for k in keys[:-1])
                                         for r in finals)
-        assert len(tu["trials"][arm]) == 3
+        # the arm's Optuna study holds its trials, each scored by its best validation loss
+        (name,) = [n for n in names if f":{arm}:" in n]
+        study = optuna.load_study(study_name=name, storage=storage)
+        scores = {t.number: t.value for t in study.trials}
+        assert scores == {r["trial"]: pytest.approx(r["best_val_loss"]) for r in trials}
+        assert study.best_trial.number == best["trial"]
     tm = R.read_csv(str(out / "tuning_metrics.csv"))
     assert {(r["model"], r["trial"]) for r in tm} == {(a, t) for a in arms for t in range(3)}
     summary = (out / "summary.md").read_text()
     assert "## Tuning" in summary and summary.count("| `cerebral` | ") == 3 + 1 + 2  # trials, arms, runs
+    assert "QMCSampler" in summary
 
 
-def test_tuning_settings_are_log_uniform_over_the_range():
-    s = T.tuning_settings(4000, (1e-4, 1e-2), forget_bias=True)
-    lrs = [x["lr"] for x in s]
-    assert all(1e-4 <= lr <= 1e-2 for lr in lrs)
+def test_tuning_draws_cover_the_search_space_and_resume_with_the_same_settings(tmp_path):
+    from cerebral_rnn.study import tuner
+
+    cfg = {"tune": 64, "lr": 1e-3, "lr_range": (1e-4, 1e-2), "dropout_max": 0.5, "weight_decay_range": (1e-6, 1e-2),
+           "tune_forget_bias": True}
+    s = tuner.trial_settings(["a", "b"], cfg, str(tmp_path), "f" * 64)
+    assert s["a"] == s["b"]  # the same sampler, seed and space: the same settings for every arm
+    lrs = [x["lr"] for x in s["a"]]
     below = [sum(lr < 10 ** e for lr in lrs) / len(lrs) for e in (-3.5, -3, -2.5)]
-    assert below == pytest.approx([0.25, 0.5, 0.75], abs=0.03)  # uniform in log10(lr) over [-4, -2]
-    assert sum(x["forget_bias"] for x in s) == 2000  # balanced
-    # stratified: with N trials, each N-th of the log range holds exactly one learning rate
-    for n in (1, 4, 7):
-        parts = sorted(int((math.log10(x["lr"]) + 4) / 2 * n) for x in T.tuning_settings(n, (1e-4, 1e-2), True))
-        assert parts == list(range(n))
-    assert [x["seed"] for x in s[:3]] == [T.TUNE_SEED0, T.TUNE_SEED0 + 1, T.TUNE_SEED0 + 2]
-    assert T.tuning_settings(5, (1e-4, 1e-2), False) == T.tuning_settings(5, (1e-4, 1e-2), False)
+    assert below == pytest.approx([0.25, 0.5, 0.75], abs=0.05)  # log-uniform over [1e-4, 1e-2], evenly covered
+    drops = [x["input_dropout"] for x in s["a"]]
+    assert min(drops) >= 0 and max(drops) <= 0.5 and sum(d < 0.25 for d in drops) == pytest.approx(32, abs=4)
+    assert {x["forget_bias"] for x in s["a"]} == {0.0, 1.0}
+    assert [x["seed"] for x in s["a"][:3]] == [TU.TUNE_SEED0, TU.TUNE_SEED0 + 1, TU.TUNE_SEED0 + 2]
+    assert tuner.trial_settings(["a"], cfg, str(tmp_path), "f" * 64)["a"] == s["a"]  # resumed: the stored trials
+    # without dropout_max / weight_decay_range those settings keep cfg's fixed values
+    fixed = tuner.trial_settings(["c"], {**cfg, "tune": 2, "dropout_max": 0, "weight_decay_range": None,
+                                         "input_dropout": 0.1, "weight_decay": 0.0}, str(tmp_path), "e" * 64)
+    assert all(x["input_dropout"] == 0.1 and x["weight_decay"] == 0.0 for x in fixed["c"])
 
 
 def test_any_rnn_module_with_the_lstm_calling_convention_can_be_an_arm(tmp_path):

@@ -173,6 +173,39 @@ def _split(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--split: ")) from None
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout; shows a default only where there is one (not None, not False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _fmt(key: str, value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value is None:
+        return "the task's default" if key == "min_effect" else "all"
+    return str(value)
+
+
+def presets_text() -> str:
+    """Every preset's values, per task where they differ: the epilog of ``reproduce --help``."""
+    lines = ["presets (explicit flags override them):"]
+    for name, per_task in PRESETS.items():
+        shared = {k: v for k, v in per_task["charlm"].items() if all(per_task[t].get(k) == v for t in TASKS)}
+        lines.append(f"  {name}: " + ", ".join(f"{k}={_fmt(k, v)}" for k, v in shared.items()))
+        for t in TASKS:
+            own = {k: v for k, v in per_task[t].items() if k not in shared}
+            lines.append(f"    --task {t}: " + ", ".join(f"{k}={_fmt(k, v)}" for k, v in own.items()))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cerebral_rnn.study.arms import ARMS, DEFAULT_ARMS
 
@@ -188,14 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "metrics.csv, runs.csv, summary.md, loss_curves.png, samples.txt (charlm) and checkpoints/ "
                     "into --out. Under torchrun it trains with DistributedDataParallel. Explicit flags override "
                     "the preset; a preset's values depend on --task.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=presets_text(), formatter_class=_Formatter)
     r.add_argument("--task", choices=TASKS, default="charlm",
                    help="charlm: character language model (the paper's); classify: sequence classification "
                         "(digits pixel by pixel, or --csv); adding, copy: synthetic long-memory problems")
     r.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="quick: 3 seeds, small data, no tuning (make run: under 10 minutes on 2 CPU cores); "
-                        "tuned: quick with 4 tuning trials per arm; paper: the paper's sizes, 5 seeds, 8 tuning "
-                        "trials per arm, 500 epochs as a cap (hours)")
+                        "tuned: quick with 4 tuning trials per arm; decide: quick's data with 8 tuning trials per "
+                        "arm and 48 seeds, sized to decide the claims (about 1.5 hours on 2 cores); paper: the "
+                        "paper's sizes, 5 seeds, 8 tuning trials per arm, 500 epochs as a cap (hours); every "
+                        "value is listed at the end")
     g = r.add_argument_group("training (every task)")
     g.add_argument("--epochs", type=_positive_int, metavar="N",
                    help="the cap: at most N passes over the training split (preset)")
@@ -210,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=_positive_int, metavar="B",
                    help="examples per optimizer step, over all processes (preset)")
     g.add_argument("--lr", type=_positive_float, metavar="X",
-                   help="Adam learning rate, constant, for every arm when not tuning (preset)")
+                   help="AdamW learning rate, constant, for every arm when not tuning (preset)")
     g.add_argument("--clip", type=_nonnegative_float, metavar="X",
                    help="gradient-norm clipping threshold, 0 = off (preset)")
     g.add_argument("--input-dropout", type=_dropout, metavar="P",
@@ -277,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "must match its manifest (--epochs, --seeds, --models, --jobs and --threads may change); "
                         "keep --threads and the machine the same for bit-identical losses")
     o.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train")
+    o.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this machine, --jobs runs at a time in worker processes; ray: every run a Ray task "
+                        "on the cluster at --address (every node needs this package and --out on a shared file "
+                        "system)")
+    o.add_argument("--address", metavar="ADDR", default=None,
+                   help="with --executor ray: the cluster to join (default: $RAY_ADDRESS, else a local cluster "
+                        "of --jobs CPUs)")
+    o.add_argument("--dry-run", action="store_true",
+                   help="print the plan (the runs, and their time estimated from one timed epoch of each arm) "
+                        "and stop; nothing is written")
+    o.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild summary.md, runs.csv and the plots from the runs finished in --out "
+                        "(every final seed found there), with the config in its manifest.json")
     o.add_argument("--jobs", type=_positive_int, metavar="N",
                    help="train up to N runs at once in separate processes (1 under torchrun) (preset: 2)")
     o.add_argument("--threads", type=_positive_int, metavar="N", default=None,
@@ -288,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a charlm study checkpoint",
                        description="Prime a trained character model from a checkpoint written by `reproduce "
                                    "--task charlm` and sample characters from it.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Formatter)
     g.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file from <out>/checkpoints/")
     g.add_argument("--prime", required=True, metavar="TEXT", help="text to start from")
     g.add_argument("--length", type=_positive_int, default=200, metavar="N", help="characters to sample")
@@ -301,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 def reproduce_config(args: argparse.Namespace) -> dict:
     """The preset's values for the task, overridden by every flag given explicitly."""
     from cerebral_rnn.study.arms import check_arms
-    from cerebral_rnn.study.task import get_task
+    from cerebral_rnn.study.tasks import get_task
 
     task = get_task(args.task)
     cfg = dict(PRESETS[args.preset][args.task])
@@ -321,6 +369,8 @@ def reproduce_config(args: argparse.Namespace) -> dict:
     cfg["encoding"] = args.encoding
     cfg["device"] = args.device
     cfg["preset"] = args.preset
+    cfg["executor"] = args.executor
+    cfg["address"] = args.address
     _check_task_flags(args)
     return cfg
 
@@ -340,22 +390,48 @@ def _check_task_flags(args: argparse.Namespace) -> None:
                 raise ValueError(f"--{flag.replace('_', '-')}: a flag of --task {task}, not of --task {args.task}")
 
 
-def _reproduce(args: argparse.Namespace) -> int:
-    from cerebral_rnn.study.train import StopRequested, reproduce
+def _manifest_config(out: str) -> dict:
+    """--report-only: the config a study in ``out`` was made with (its manifest.json)."""
+    import json
 
-    cfg = reproduce_config(args)
+    path = os.path.join(out, "manifest.json")
+    if not os.path.exists(path):
+        raise ValueError(f"--report-only: {out} holds no study (no manifest.json)")
+    with open(path, encoding="utf-8") as f:
+        cfg = dict(json.load(f)["config"])
+    for key in ("lr_range", "weight_decay_range", "split"):
+        if cfg.get(key) is not None:
+            cfg[key] = tuple(cfg[key])
+    cfg.setdefault("executor", "local")
+    return cfg
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    if args.dry_run and args.report_only:
+        raise ValueError("--dry-run and --report-only: choose one")
+    cfg = _manifest_config(args.out) if args.report_only else reproduce_config(args)
+    if args.report_only:
+        cfg["executor"], cfg["jobs"] = "local", 1
+    from cerebral_rnn.study.reproduce import StopRequested, reproduce
+
+    mode = "plan" if args.dry_run else "report" if args.report_only else "run"
     try:
-        reproduce(cfg, args.out, resume=args.resume, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs)
+        reproduce(cfg, args.out, resume=args.resume, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs,
+                  mode=mode)
     except StopRequested as e:
         if not args.quiet:
             print(f"cerebral-rnn: {e}; continue with --resume", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print(f"\ncerebral-rnn: interrupted; every finished epoch is saved in {args.out}: run the same command with "
+              f"--resume to continue", file=sys.stderr)
+        return 130
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from cerebral_rnn.study.checkpoint import load_checkpoint
     from cerebral_rnn.study.report import generate, model_from_checkpoint
-    from cerebral_rnn.study.train import load_checkpoint
 
     model, vocab = model_from_checkpoint(load_checkpoint(args.checkpoint))
     text = generate(model, vocab, args.prime, args.length, args.temperature, seed=args.seed)
@@ -371,10 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad input found after parsing: same form and exit status as argparse errors
         parser.exit(2, f"{parser.prog} {args.command}: error: {e}\n")
     finally:
-        import torch.distributed as dist
+        if "torch" in sys.modules:
+            import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
     return code
 
 

@@ -26,19 +26,16 @@ The two control arms:
   learned matrix. A Cerebral LSTM of size H is exactly this model with the projection fixed to ``[I I]`` (and
   the gate rows of the two paths interleaved), so it contains the Cerebral LSTM.
 """
-
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+if TYPE_CHECKING:
+    from torch import nn
 
-from cerebral_rnn import GRU, LSTM, CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM
-
-Builder = Callable[[int, int, "float | None"], nn.Module]
+Builder = Callable[[int, int, "float | None"], "nn.Module"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +70,8 @@ _COUNT_CACHE: dict[tuple[str, int, int], int] = {}
 def _count_by_building(arm: Arm, input_size: int, width: int) -> int:
     key = (arm.name, input_size, width)
     if key not in _COUNT_CACHE:
+        import torch
+
         state = torch.get_rng_state()  # counting must not move the global generator
         try:
             _COUNT_CACHE[key] = sum(p.numel() for p in arm.build(input_size, width, None).parameters())
@@ -123,75 +122,79 @@ def gru_layer_parameters(input_size: int, hidden: int) -> int:
     return 3 * hidden * (input_size + hidden) + 6 * hidden
 
 
-def set_forget_bias_(rnn: nn.Module, value: float, gate_rows: int, forget_block: int = 1) -> None:
-    """For an LSTM-like module whose gate rows come in blocks of ``gate_rows`` (i, f, g, o): set the forget
-    rows of every ``bias_ih*`` to ``value`` and of every ``bias_hh*`` to 0 (the library's convention)."""
-    with torch.no_grad():
-        for name, p in rnn.named_parameters():
-            if name.startswith(("bias_ih", "bias_hh")):
-                rows = slice(forget_block * gate_rows, (forget_block + 1) * gate_rows)
-                p[rows] = value if name.startswith("bias_ih") else 0.0
-
-
-# -- the control arm lstm-x2 ------------------------------------------------------------------------------------
-
-
-class DoubledLSTM(nn.Module):
-    """A single LSTM whose output and recurrent input are :math:`h_t = 2\\,o_t \\odot \\tanh(c_t)`.
-
-    Gates read :math:`W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}` with the doubled :math:`h`, exactly as
-    one path of a Cerebral LSTM with identical paths. Computed by an inner :class:`cerebral_rnn.LSTM` (hidden
-    size H, parameters stored and initialised as in an LSTM) run with recurrent weight ``2 W_hh`` on
-    :math:`h' = h / 2`; its output and ``h_n`` are doubled, ``c_n`` is unchanged. Takes and returns
-    ``(h, c)`` like ``nn.LSTM`` (``h_0`` in the doubled scale); accepts dense (L, N, I) and packed input.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, forget_bias: float | None = None) -> None:
-        super().__init__()
-        self.lstm = LSTM(input_size, hidden_size, forget_bias=forget_bias)
-        self.hidden_size = hidden_size
-
-    def forward(self, x, state=None):
-        if state is not None:
-            h0, c0 = state
-            state = (h0 / 2, c0)
-        scaled = {"weight_hh_l0": 2 * self.lstm.weight_hh_l0}
-        y, (h, c) = torch.func.functional_call(self.lstm, scaled, (x, state))
-        if isinstance(y, PackedSequence):
-            y = y._replace(data=2 * y.data)
-        else:
-            y = 2 * y
-        return y, (2 * h, c)
-
-
 # -- the registry ------------------------------------------------------------------------------------------------
 
 
-def _lstm(i: int, w: int, fb: float | None) -> nn.Module:
+def _lstm(i: int, w: int, fb: float | None):
+    from cerebral_rnn import LSTM
+
     return LSTM(i, w, forget_bias=fb)
 
 
-def _lstmp(i: int, w: int, fb: float | None) -> nn.Module:
+def _lstm2(i: int, w: int, fb: float | None):
+    from cerebral_rnn import LSTM
+
+    return LSTM(i, w, num_layers=2, forget_bias=fb)
+
+
+def _cerebral(init: str, paths: int = 2):
+    def build(i: int, w: int, fb: float | None):
+        from cerebral_rnn import CerebralLSTM
+
+        return CerebralLSTM(i, w, num_paths=paths, init=init, forget_bias=fb)
+
+    return build
+
+
+def _peephole(i: int, w: int, fb: float | None):
+    from cerebral_rnn import CerebralPeepholeLSTM
+
+    return CerebralPeepholeLSTM(i, w, init="distinct", forget_bias=fb)
+
+
+def _doubled(i: int, w: int, fb: float | None):
+    from .arm_modules import DoubledLSTM
+
+    return DoubledLSTM(i, w, forget_bias=fb)
+
+
+def _lstmp(i: int, w: int, fb: float | None):
+    from torch import nn
+
+    from .arm_modules import set_forget_bias_
+
     rnn = nn.LSTM(i, 2 * w, proj_size=w)
     if fb is not None:
         set_forget_bias_(rnn, fb, gate_rows=2 * w)
     return rnn
 
 
+def _gru(i: int, w: int, fb: float | None):
+    from cerebral_rnn import GRU
+
+    return GRU(i, w)
+
+
+def _cerebral_gru(i: int, w: int, fb: float | None):
+    from cerebral_rnn import CerebralGRU
+
+    return CerebralGRU(i, w, init="distinct")
+
+
 register(Arm("lstm", "single LSTM, hidden H", _lstm, lambda i, w: lstm_layer_parameters(i, w)))
 register(Arm("lstm2", "two-stacked LSTM, hidden H per layer",
-             lambda i, w, fb: LSTM(i, w, num_layers=2, forget_bias=fb),
+             _lstm2,
              lambda i, w: lstm_layer_parameters(i, w) + lstm_layer_parameters(w, w)))
 register(Arm("cerebral", "Cerebral LSTM, hidden H, init distinct",
-             lambda i, w, fb: CerebralLSTM(i, w, init="distinct", forget_bias=fb),
+             _cerebral("distinct"),
              lambda i, w: 2 * lstm_layer_parameters(i, w)))
 register(Arm("cerebral-identical", "Cerebral LSTM, hidden H, init identical",
-             lambda i, w, fb: CerebralLSTM(i, w, init="identical", forget_bias=fb),
+             _cerebral("identical"),
              lambda i, w: 2 * lstm_layer_parameters(i, w)))
 register(Arm("lstm-matched", "single LSTM whose width gives the parameter count closest to cerebral's", _lstm,
              lambda i, w: lstm_layer_parameters(i, w), match="cerebral"))
 register(Arm("lstm-x2", "single LSTM with h = 2·o·tanh(c) as output and recurrent input (cerebral-identical's "
-             "function class), hidden H", lambda i, w, fb: DoubledLSTM(i, w, forget_bias=fb),
+             "function class), hidden H", _doubled,
              lambda i, w: lstm_layer_parameters(i, w)))
 register(Arm("lstmp", "torch.nn.LSTM(2H, proj_size=H): learned projection, contains the Cerebral LSTM", _lstmp,
              lambda i, w: lstm_layer_parameters(i, 2 * w, proj=w)))
@@ -200,37 +203,25 @@ DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
 
 # the family (the paper's future work): arms for --models, not in the default list
 register(Arm("cerebral-k3", "Cerebral LSTM with three paths, hidden H, init distinct",
-             lambda i, w, fb: CerebralLSTM(i, w, num_paths=3, init="distinct", forget_bias=fb),
+             _cerebral("distinct", 3),
              lambda i, w: 3 * lstm_layer_parameters(i, w)))
 register(Arm("cerebral-peephole", "Cerebral peephole LSTM (two peephole LSTM paths), hidden H, init distinct",
-             lambda i, w, fb: CerebralPeepholeLSTM(i, w, init="distinct", forget_bias=fb),
+             _peephole,
              lambda i, w: 2 * (lstm_layer_parameters(i, w) + 3 * w)))
-register(Arm("gru", "single GRU, hidden H", lambda i, w, fb: GRU(i, w),
+register(Arm("gru", "single GRU, hidden H", _gru,
              lambda i, w: gru_layer_parameters(i, w), forget_gate=False))
 register(Arm("cerebral-gru", "Cerebral GRU (mean of two GRU paths' updates), hidden H, init distinct",
-             lambda i, w, fb: CerebralGRU(i, w, init="distinct"),
+             _cerebral_gru,
              lambda i, w: 2 * gru_layer_parameters(i, w), forget_gate=False))
 
 
-def final_hidden(state) -> Tensor:
-    """``h_n`` of the last layer, (N, features), from a state as returned by nn.LSTM (tuple) or nn.GRU."""
-    h = state[0] if isinstance(state, (tuple, list)) else state
-    return h[-1]
+_LAZY = ("DoubledLSTM", "set_forget_bias_", "final_hidden", "path_difference")
 
 
-def path_difference(rnn: nn.Module) -> float | None:
-    """For a Cerebral layer of K paths: max |path k - path 0| over every per-path parameter (each parameter's
-    rows split in K equal blocks; a projection ``weight_hr``, shared by the paths, is left out). Zero means the
-    paths are still identical (a Cerebral LSTM is then a single LSTM with h = K·o·tanh(c)). None for other
-    modules."""
-    if not isinstance(rnn, (CerebralLSTM, CerebralPeepholeLSTM, CerebralGRU)):
-        return None
-    k = rnn.num_paths
-    gap = 0.0
-    with torch.no_grad():
-        for name, p in rnn.named_parameters():
-            if name.startswith("weight_hr"):
-                continue
-            blocks = p.reshape(k, -1)
-            gap = max(gap, float((blocks[1:] - blocks[:1]).abs().max()) if k > 1 else 0.0)
-    return gap
+def __getattr__(name: str):
+    """The torch side (:mod:`.arm_modules`), imported on first use."""
+    if name in _LAZY:
+        from . import arm_modules
+
+        return getattr(arm_modules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ from . import arms as _arms
 from . import corpus as _corpus
 from . import model as _model
 from . import stats as _stats
-from .task import Task
+from .tasks import Task
 
 # Train loss (nats/char) at epoch 500 in the paper (Kumar 2020), for reference only.
 PAPER_EPOCH500 = {"cerebral": 0.398, "lstm": 0.911, "lstm2": 0.568}
@@ -44,7 +44,8 @@ FAMILY_CLAIMS = (
 
 def metric_columns(task: Task, tuning: bool = False) -> tuple[str, ...]:
     cols = ("model", "seed", "epoch", "train_loss", "val_loss", *(f"val_{c}" for c in task.columns), "seconds")
-    return (("trial", "lr", "forget_bias") + cols) if tuning else cols
+    return (("trial", "lr", "input_dropout", "output_dropout", "weight_decay", "forget_bias") + cols) if tuning \
+        else cols
 
 
 def _cell(v) -> str:
@@ -66,7 +67,7 @@ def metrics_csv(rows: list[dict], task: Task, tuning: bool = False) -> str:
     key = (lambda r: (r["model"], r["trial"], r["epoch"])) if tuning else (lambda r: (r["model"], r["seed"],
                                                                                     r["epoch"]))
     for r in sorted(rows, key=key):
-        w.writerow([_cell(r[c]) for c in cols])
+        w.writerow([_cell(r.get(c)) for c in cols])
     return buf.getvalue()
 
 
@@ -96,7 +97,8 @@ read_metrics_csv = read_csv
 
 
 def run_columns(task: Task) -> tuple[str, ...]:
-    return ("phase", "model", "seed", "trial", "lr", "forget_bias", "width", "parameters", "epochs", "stopped",
+    return ("phase", "model", "seed", "trial", "lr", "input_dropout", "output_dropout", "weight_decay",
+            "forget_bias", "width", "parameters", "epochs", "stopped",
             "best_epoch", "best_val_loss", *(f"best_val_{c}" for c in task.columns), "final_train_loss",
             "test_loss", *(f"test_{c}" for c in task.columns), "success")
 
@@ -104,7 +106,9 @@ def run_columns(task: Task) -> tuple[str, ...]:
 def run_row(r: dict, task: Task, params: dict) -> dict:
     spec, res = r["spec"], r["result"]
     row = {"phase": spec["phase"], "model": spec["arm"], "seed": spec["seed"], "trial": spec["trial"],
-           "lr": spec["lr"], "forget_bias": spec["forget_bias"], "width": r.get("width"),
+           "lr": spec["lr"], "input_dropout": spec.get("input_dropout", 0.0),
+           "output_dropout": spec.get("output_dropout", 0.0), "weight_decay": spec.get("weight_decay", 0.0),
+           "forget_bias": spec["forget_bias"], "width": r.get("width"),
            "parameters": params.get(spec["arm"]), "epochs": res["epochs"], "stopped": res["stopped"],
            "best_epoch": res["best_epoch"], "best_val_loss": res["best_val"]["loss"],
            "final_train_loss": res["final_train_loss"], "success": res.get("success")}
@@ -241,6 +245,16 @@ def verdict_lines(claims: list[dict]) -> list[str]:
 # -- the summary ---------------------------------------------------------------------------------------------------
 
 
+def _wall_text(info: dict) -> str:
+    runs = info.get("invocations") or []
+    total = sum(i.get("wall_seconds", 0.0) for i in runs)
+    if len(runs) > 1:
+        return f"wall time {total:.0f} s over {len(runs)} invocations (it was interrupted and resumed)"
+    if runs:
+        return f"wall time {total:.0f} s"
+    return f"wall time of this invocation {info['wall_seconds']:.0f} s"
+
+
 def _seed_text(seeds: list[int]) -> str:
     """Seeds as ranges: 0-47, 50."""
     parts, run = [], []
@@ -350,7 +364,7 @@ def _storage_name(url: str) -> str:
         import os
 
         return "sqlite:///…/" + os.path.basename(url)
-    head, at, tail = url.rpartition("@")
+    _, at, tail = url.rpartition("@")
     return ("…@" + tail) if at else url
 
 
@@ -395,7 +409,7 @@ def summary_markdown(rows: list[dict], final_results: list[dict], info: dict) ->
                f"once per run, on the weights of its best validation epoch. Seeds {_seed_text(info['seeds'])} "
                f"({len(info['seeds'])}; seed = initial weights and data order; paired across arms). "
                f"{info['world_size']} process(es), {info['jobs']} run(s) at a time, device {cfg['device']}; "
-               f"wall time of this invocation {info['wall_seconds']:.0f} s.")
+               f"{_wall_text(info)}.")
     succ = task.success_rule()
     out += ["", "## Arms", "", f"Mean ± standard deviation over seeds. Test {m.label} ({m.unit}) on each run's "
             f"best-validation weights; final train loss ({task.loss_label}) at the run's last epoch (the paper's "

@@ -98,10 +98,16 @@ def _open(optuna, arm: str, cfg: dict, out: str, fp: str):
                                direction="minimize", load_if_exists=True)
 
 
-def trial_settings(arms: list[str], cfg: dict, out: str, fp: str) -> dict[str, list[dict]]:
+def check_installed() -> None:
+    """ValueError with the install command when Optuna is missing."""
+    _optuna()
+
+
+def trial_settings(arms: list[str], cfg: dict, out: str, fp: str, ask: bool = True) -> dict[str, list[dict]]:
     """For every arm, its ``cfg["tune"]`` trials: {"trial", "seed", "lr", "input_dropout", "output_dropout",
     "weight_decay", "forget_bias"} (settings not in the search space take cfg's fixed values). Trials already
-    in the arm's study are reused (resume); the others are asked from its sampler."""
+    in the arm's study are reused (resume); the others are asked from its sampler (with ``ask`` False: left
+    out)."""
     optuna = _optuna()
     space = search_space(cfg)
     out_settings = {}
@@ -111,7 +117,7 @@ def trial_settings(arms: list[str], cfg: dict, out: str, fp: str) -> dict[str, l
             study = _open(optuna, arm, cfg, out, fp)
             have = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
             params = [t.params for t in have[:cfg["tune"]]]
-            while len(params) < cfg["tune"]:
+            while ask and len(params) < cfg["tune"]:
                 params.append(study.ask(space).params)
             out_settings[arm] = [setting_of(cfg, t, p) for t, p in enumerate(params)]
     return out_settings

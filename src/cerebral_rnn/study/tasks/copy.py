@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .adding import checked_split_sizes, generated_splits
-from .task import Metric, Splits, Task, TaskData
+from .base import Metric, Splits, Task, TaskData
 
 DATA_SEED = 8_000_000
 BLANK, DELIMITER, SYMBOLS, RECALL = 0, 9, 10, 10

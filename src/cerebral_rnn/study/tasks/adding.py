@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .task import Metric, Splits, Task, TaskData
+from .base import Metric, Splits, Task, TaskData
 
 DATA_SEED = 7_000_000
 BASELINE_MSE = 1 / 6

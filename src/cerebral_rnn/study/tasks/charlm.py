@@ -15,8 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import corpus as _corpus
-from .task import Metric, Splits, Task, TaskData
+from .. import corpus as _corpus
+from .base import Metric, Splits, Task, TaskData
 
 
 class CharLM(Task):

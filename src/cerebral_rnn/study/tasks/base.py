@@ -1,4 +1,4 @@
-"""What a task is to the shared training loop, and the registry of tasks.
+"""What a task is to the shared training loop.
 
 A task loads its data once (``load``), gives each seed its train/validation/test splits (``splits``: the same
 for every seed, or generated from the seed for the synthetic tasks), describes the model's input and output
@@ -83,19 +83,3 @@ class Task:
     def intro(self, cfg: dict, data: TaskData) -> str:
         """One paragraph for the summary: the task, its data and its metrics."""
         raise NotImplementedError
-
-
-def tasks() -> dict[str, Task]:
-    from . import adding, charlm, classify, copy_task
-
-    return {t.name: t for t in (charlm.TASK, classify.TASK, adding.TASK, copy_task.TASK)}
-
-
-TASK_NAMES = ("charlm", "classify", "adding", "copy")
-
-
-def get_task(name: str) -> Task:
-    all_tasks = tasks()
-    if name not in all_tasks:
-        raise ValueError(f"--task: expected one of {list(all_tasks)}, got {name!r}")
-    return all_tasks[name]

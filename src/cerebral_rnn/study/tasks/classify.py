@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import data as _data
-from .task import Metric, Splits, Task, TaskData
+from .. import data as _data
+from .base import Metric, Splits, Task, TaskData
 
 SPLIT_SEED = 0  # the stratified split is the same for every seed of a run
 PAD, UNKNOWN = 0, 1
