@@ -274,7 +274,7 @@ def get_batch(source, i, bptt):
     return source[i: i + seq_len], source[i + 1: i + 1 + seq_len].reshape(-1)
 
 
-def _train_word_lm(rnn_cls, **kw) -> list[float]:
+def _train_word_lm(rnn_cls, tmp_path=None, **kw) -> list[float]:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     corpus = torch.randperm(30, generator=gen).repeat(60)  # a fixed cycle: each next word is predictable
@@ -303,14 +303,25 @@ def _train_word_lm(rnn_cls, **kw) -> list[float]:
         data, _ = get_batch(train, 0, 12)
         output, hidden = model(data, hidden)
         assert output.shape == (data.shape[0], 10, 30)
+    if tmp_path is not None:
+        # the example's own save and load: the whole model, loaded with weights_only and its classes allowlisted
+        path = tmp_path / "model.pt"
+        with open(path, "wb") as f:
+            torch.save(model, f)
+        with open(path, "rb") as f, torch.serialization.safe_globals([RNNModel, rnn_cls, nn.Dropout, nn.Embedding,
+                                                                       nn.Linear]):
+            loaded = torch.load(f, weights_only=True)
+        with torch.no_grad():
+            again, _ = loaded(data, loaded.init_hidden(10))
+        assert torch.equal(again, output)
     return losses
 
 
 @pytest.mark.parametrize("rnn_cls,kw", [(nn.LSTM, {}), (CerebralLSTM, {}), (CerebralLSTM, {"num_paths": 3}),
                                         (CerebralPeepholeLSTM, {})], ids=["nn.LSTM", "Cerebral", "Cerebral-K3",
                                                                           "Peephole"])
-def test_word_language_model_pattern_runs_unchanged(rnn_cls, kw):
-    losses = _train_word_lm(rnn_cls, **kw)
+def test_word_language_model_pattern_runs_unchanged(rnn_cls, kw, tmp_path):
+    losses = _train_word_lm(rnn_cls, tmp_path, **kw)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 0.5, losses  # it learns (Adam for a short test; the example uses SGD)
 

@@ -7,6 +7,8 @@ replaced by their older spelling (or a safe answer) where they do not:
   False, so ``torch.export`` of a model with a Cerebral layer hits the graph break that ``torch.compile`` uses
   and fails with torch's error, while eager use, ``torch.compile`` and ``torch.jit.trace`` work.
 * ``torch.compiler.is_compiling`` (torch >= 2.3) falls back to ``torch._dynamo.is_compiling``.
+* ``torch._C._functorch.peek_interpreter_stack`` tells whether a ``torch.func`` transform (grad, vmap, jacrev,
+  ...) is running; where it is missing we answer False.
 * ``torch.is_autocast_enabled(device_type)`` / ``torch.get_autocast_dtype(device_type)`` (torch >= 2.4) fall back
   to the per-device functions of older torch.
 """
@@ -42,3 +44,13 @@ def autocast_dtype(device_type: str) -> torch.dtype:
     if fn is not None:
         return fn(device_type)
     return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
+def under_functorch() -> bool:
+    """True inside a ``torch.func`` transform (grad, vmap, jacrev, ...): the compiled kernels and torch's fused
+    RNN ops have no rules for them, the reference loop (plain torch ops) has."""
+    try:
+        from torch._C._functorch import peek_interpreter_stack
+    except ImportError:
+        return False
+    return peek_interpreter_stack() is not None

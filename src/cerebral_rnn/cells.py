@@ -48,7 +48,9 @@ class _CellBase(nn.Module):
     def __init__(self, kind: str, input_size: int, hidden_size: int, bias: bool = True, num_paths: int = 1,
                  device=None, dtype=None) -> None:
         super().__init__()
-        self.kind: CellKind = KINDS[kind]
+        if kind not in KINDS:
+            raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
+        self.kind_name: str = kind  # a plain value: torch.save(model) needs no allowlisted kind object
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_paths = check_positive_int("num_paths", num_paths)
@@ -65,6 +67,11 @@ class _CellBase(nn.Module):
             self.register_parameter("bias_hh", None)
         if self.kind.peephole:
             self.peephole = nn.Parameter(torch.empty(3 * hidden_size * num_paths, **kw))
+
+    @property
+    def kind(self) -> CellKind:
+        """The cell kind's description (:data:`cerebral_rnn.kinds.KINDS`)."""
+        return KINDS[self.kind_name]
 
     @property
     def spec(self) -> LayerSpec:
@@ -174,8 +181,8 @@ class LSTMCell(_CellBase):
     (torch.Size([3, 20]), torch.Size([3, 20]))
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = None,
-                 device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 forget_bias: float | None = None) -> None:
         super().__init__("lstm", input_size, hidden_size, bias, 1, device, dtype)
         self.forget_bias = _init.check_forget_bias(forget_bias)
         self.reset_parameters()
@@ -239,8 +246,8 @@ class CerebralLSTMCell(_CerebralCellBase):
     (torch.Size([3, 20]), torch.Size([3, 40]))
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init: str = "distinct",
-                 forget_bias: float | None = None, device=None, dtype=None, *, num_paths: int = 2) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 num_paths: int = 2, init: str = "distinct", forget_bias: float | None = None) -> None:
         super().__init__("lstm", input_size, hidden_size, bias, num_paths, init, forget_bias, device, dtype)
 
 
@@ -254,8 +261,8 @@ class CerebralPeepholeLSTMCell(_CerebralCellBase):
     (torch.Size([3, 20]), torch.Size([3, 40]))
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init: str = "distinct",
-                 forget_bias: float | None = None, device=None, dtype=None, *, num_paths: int = 2) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 num_paths: int = 2, init: str = "distinct", forget_bias: float | None = None) -> None:
         super().__init__("peephole", input_size, hidden_size, bias, num_paths, init, forget_bias, device, dtype)
 
 
@@ -269,6 +276,6 @@ class CerebralGRUCell(_CerebralCellBase):
     torch.Size([3, 20])
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init: str = "distinct",
-                 device=None, dtype=None, *, num_paths: int = 2) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 num_paths: int = 2, init: str = "distinct") -> None:
         super().__init__("gru", input_size, hidden_size, bias, num_paths, init, None, device, dtype)

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import backends as _backends
 from . import init as _init
 from ._checks import check_bool, check_dropout, check_like, check_positive_int
-from ._compat import autocast_dtype, autocast_enabled
+from ._compat import autocast_dtype, autocast_enabled, under_functorch
 from .backends._compile import compiling_eagerly, eager
 from .kinds import KINDS, CellKind
 from .layout import DirectionWeights, LayerSpec
@@ -79,7 +79,11 @@ class _RNNBase(nn.Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, num_paths: int = 1,
                  proj_size: int = 0, device=None, dtype=None) -> None:
         super().__init__()
-        self.kind: CellKind = KINDS[kind]
+        if kind not in KINDS:
+            raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
+        # the kind's name, not its description: a pickled module (torch.save(model)) then holds only plain
+        # values and loads with weights_only=True once its class is allowlisted, as nn.LSTM does
+        self.kind_name: str = kind
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -111,6 +115,23 @@ class _RNNBase(nn.Module):
         self._flat_weights_names = [n for names in self._all_weights for n in names]
 
     # -- description --------------------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> CellKind:
+        """The cell kind's description (:data:`cerebral_rnn.kinds.KINDS`)."""
+        return KINDS[self.kind_name]
+
+    @property
+    def backend(self) -> str:
+        """The backend name (``"auto"`` or one of ``available_backends(type(self))``); setting it validates."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self._backend = self._check_backend(name)
+
+    def _check_backend(self, name) -> str:
+        return _check_simple_backend(name)
 
     @property
     def spec(self) -> LayerSpec:
@@ -309,7 +330,8 @@ class _TorchOpBase(_RNNBase):
 
     def _run_layer(self, layer, x, batch_sizes, states, cast):
         weights = self._layer_weights_as(layer, cast)
-        if self.backend == "reference":
+        # torch's fused op has no torch.func (vmap) rules: under a transform "auto" runs the reference loop
+        if self.backend == "reference" or (self.backend == "auto" and under_functorch()):
             from .backends.reference import run_layer
 
             return run_layer(self.spec, x, batch_sizes, tuple(states), weights)
@@ -352,7 +374,7 @@ class RNN(_TorchOpBase):
                          bidirectional, device=device, dtype=dtype)
         self.nonlinearity = nonlinearity
         self._op_name = f"rnn_{nonlinearity}"
-        self.backend = _check_simple_backend(backend)
+        self.backend = backend
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -388,7 +410,7 @@ class LSTM(_TorchOpBase):
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size=proj_size, device=device, dtype=dtype)
         self.forget_bias = _init.check_forget_bias(forget_bias)
-        self.backend = _check_simple_backend(backend)
+        self.backend = backend
         self.reset_parameters()
 
 
@@ -411,7 +433,7 @@ class GRU(_TorchOpBase):
                  dtype=None, *, backend: str = "auto") -> None:
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device=device, dtype=dtype)
-        self.backend = _check_simple_backend(backend)
+        self.backend = backend
         self.reset_parameters()
 
 
@@ -425,9 +447,12 @@ class _CerebralBase(_RNNBase):
                          num_paths=num_paths, proj_size=proj_size, device=device, dtype=dtype)
         self.init = _init.check_scheme(init)
         self.forget_bias = _init.check_forget_bias(forget_bias)
-        self.backend = _backends.get_backend(backend, kind)
+        self.backend = backend
         self.last_backend: str | None = None
         self.reset_parameters()
+
+    def _check_backend(self, name) -> str:
+        return _backends.get_backend(name, self.kind_name)
 
     def _run_layer(self, layer, x, batch_sizes, states, cast):
         weights = self._layer_weights_as(layer, cast)
@@ -575,3 +600,5 @@ LAYER_CLASSES: dict[str, type[_RNNBase]] = {
     "rnn": RNN, "lstm": LSTM, "gru": GRU, "cerebral": CerebralLSTM, "cerebral-peephole": CerebralPeepholeLSTM,
     "cerebral-gru": CerebralGRU,
 }
+# the cell kind each Cerebral layer class runs (a key of cerebral_rnn.kinds.KINDS)
+LAYER_KINDS: dict[type[_RNNBase], str] = {CerebralLSTM: "lstm", CerebralPeepholeLSTM: "peephole", CerebralGRU: "gru"}

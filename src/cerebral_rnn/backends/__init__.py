@@ -28,6 +28,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from .._compat import under_functorch
 from . import fused, lstm2h, native, reference
 from ._compile import exporting
 from ._rules import needs_grad, paths_identical
@@ -53,8 +54,31 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def available_backends(kind: str | None = None) -> list[str]:
-    """Names accepted by ``backend=``: ``"auto"`` and every registered backend (that computes ``kind``)."""
+def available_backends(kind=None) -> list[str]:
+    """Names accepted by ``backend=``.
+
+    ``kind``: None (every registered backend), a cell kind's name (a key of :data:`cerebral_rnn.kinds.KINDS`:
+    the backends that compute it), or a layer class or instance (what its ``backend=`` accepts: for the
+    one-path ``RNN``, ``LSTM``, ``GRU`` that is ``"auto"``, ``"torch"`` and ``"reference"``). An unknown name
+    is a ``ValueError``.
+    """
+    if kind is not None and not isinstance(kind, str):
+        cls = kind if isinstance(kind, type) else type(kind)
+        names = getattr(cls, "_backend_names", None)
+        kind_name = getattr(kind, "kind_name", None) if not isinstance(kind, type) else None
+        from .. import layers as _layers
+
+        if not (isinstance(cls, type) and issubclass(cls, _layers._RNNBase)):
+            raise TypeError(f"kind: expected a kind name, a layer class or a layer, got {kind!r}")
+        if issubclass(cls, _layers._CerebralBase):
+            kind_name = kind_name or _layers.LAYER_KINDS[cls]
+            return available_backends(kind_name)
+        return list(names)
+    if kind is not None:
+        from ..kinds import KINDS
+
+        if kind not in KINDS:
+            raise ValueError(f"kind: expected one of {list(KINDS)} (or a layer class), got {kind!r}")
     return ["auto", *(n for n, b in BACKENDS.items() if kind is None or b.kinds is None or kind in b.kinds)]
 
 
@@ -108,10 +132,14 @@ def _auto_order(spec, x: Tensor, batch_sizes, weights, states) -> list[str]:
 
 def select_backend(name: str, spec, x: Tensor, batch_sizes, weights, states) -> Backend:
     """The backend that will run this call: the named one (raising if it cannot compute this case exactly),
-    or for ``"auto"`` the first in :func:`_auto_order` that supports it; ``reference`` supports everything."""
+    or for ``"auto"`` the first in :func:`_auto_order` that supports it; ``reference`` supports everything.
+    Inside a ``torch.func`` transform ``"auto"`` is the reference backend."""
+    if under_functorch() and name in ("auto", "reference"):
+        return BACKENDS["reference"]  # the only backend made of ops that torch.func transforms know
     if name != "auto":
         backend = BACKENDS[name]
-        reason = backend.supports(spec, x, batch_sizes, weights, states)
+        reason = ("torch.func transforms (grad, vmap, ...) run only the reference backend" if under_functorch()
+                  else backend.supports(spec, x, batch_sizes, weights, states))
         if reason is not None:
             raise ValueError(f"backend={name!r} cannot run this input: {reason}; use backend='auto' or 'reference'")
         return backend
