@@ -64,4 +64,4 @@ def test_a_named_compiled_backend_refuses_a_transform_with_the_reason():
     for name in names:
         m = CerebralLSTM(3, 4, backend=name)
         with pytest.raises(ValueError, match="torch.func transforms"):
-            grad(lambda x: m(x)[0].sum())(x)
+            grad(lambda x, m=m: m(x)[0].sum())(x)

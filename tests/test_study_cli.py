@@ -222,3 +222,35 @@ def test_ray_tasks_give_exactly_the_local_pool_numbers(tmp_path):
     assert R.read_csv(str(tmp_path / "ray" / "runs.csv")) == R.read_csv(str(tmp_path / "pool" / "runs.csv"))
     ray_manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert ray_manifest["config"]["executor"] == "ray"
+
+
+def test_the_recurrent_layers_regularisers_join_the_search_space_for_every_arm(tmp_path):
+    from cerebral_rnn.study import checkpoint as CK
+    from cerebral_rnn.study import model as M
+
+    out = tmp_path / "rec"
+    arms = "lstm,cerebral,lstm-x2,lstmp"
+    assert run_cli(*ADDING, "--jobs", "1", "--seeds", "1", "--models", arms, "--epochs", "1", "--tune", "2",
+                   "--tune-recurrent", "--out", str(out)) == 0
+    tu = json.loads((out / "manifest.json").read_text())["tuning"]
+    settings = {a: [(t["rnn_weight_dropout"], t["recurrent_dropout"]) for t in tu["trials"][a]] for a in arms.split(",")}
+    assert len({tuple(v) for v in settings.values()}) == 1  # the same draws for every arm
+    assert all(0 < w < 0.5 and 0 < r < 0.5 for w, r in settings["lstm"])
+    for arm in arms.split(","):
+        ckpt = CK.load_checkpoint(str(out / "checkpoints" / f"{arm}-seed0.pt"))
+        rnn = M.model_rnn(M.build_model(ckpt["model_config"]))
+        inner = getattr(rnn, "lstm", rnn)  # lstm-x2 wraps an LSTM
+        chosen = tu["chosen"][arm]
+        assert inner.regularisers.weight_dropout == pytest.approx(chosen["rnn_weight_dropout"])
+        assert inner.regularisers.recurrent_dropout == pytest.approx(chosen["recurrent_dropout"])
+
+
+def test_runs_of_the_previous_version_still_resume():
+    old = {"phase": "final", "arm": "lstm", "seed": 0, "lr": 0.003, "forget_bias": None, "trial": None,
+           "input_dropout": 0.0, "output_dropout": 0.0, "weight_decay": 0.0}
+    spec = RU.RunSpec.make("final", "lstm", 0, {"lr": 0.003})
+    from dataclasses import asdict
+
+    assert RU.same_spec(old, asdict(spec))
+    assert not RU.same_spec(old, asdict(RU.RunSpec.make("final", "lstm", 0, {"lr": 0.003,
+                                                                             "recurrent_dropout": 0.1})))

@@ -72,7 +72,8 @@ PRESETS = {p: {t: {**_COMMON[p], **_TASK[t][p]} for t in TASKS} for p in _COMMON
 _OVERRIDES = ("epochs", "patience", "seeds", "hidden", "embedding", "seq_len", "batch_size", "lr", "clip",
               "max_chars", "threads", "jobs", "tune", "lr_range", "vocab_size", "max_words", "length", "examples",
               "input_dropout", "output_dropout", "weight_decay", "dropout_max", "weight_decay_range",
-              "tune_forget_bias", "min_effect", "storage")
+              "tune_forget_bias", "min_effect", "storage", "rnn_weight_dropout", "recurrent_dropout",
+              "tune_recurrent")
 
 
 def _positive_int(text: str) -> int:
@@ -254,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dropout on the RNN's output before the head, every arm, when not tuning (preset)")
     g.add_argument("--weight-decay", type=_nonnegative_float, metavar="X",
                    help="AdamW's decoupled weight decay, every arm, when not tuning (preset)")
+    g.add_argument("--rnn-weight-dropout", type=_dropout, metavar="P",
+                   help="the recurrent layer's weight dropout (DropConnect on W_hh, every backend), every arm, when "
+                        "not tuning (default 0)")
+    g.add_argument("--recurrent-dropout", type=_dropout, metavar="P",
+                   help="the recurrent layer's variational dropout of h where it enters W_hh h (runs the reference "
+                        "time loop: slow), every arm, when not tuning (default 0)")
     g.add_argument("--split", type=_split, metavar="TR/VA/TE", default=None,
                    help="train/validation/test percentages (default: 90/5/5 contiguous for charlm; 80/10/10 "
                         "stratified for classify; 80/10/10 of each seed's generated examples for adding, copy)")
@@ -273,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tuning: AdamW weight decay log-uniform over [LOW, HIGH] (preset)")
     t.add_argument("--tune-forget-bias", action=argparse.BooleanOptionalAction, default=None,
                    help="tuning: also draw the forget-gate bias of each trial from {0, 1} (preset: on for paper)")
+    t.add_argument("--tune-recurrent", action="store_true", default=None,
+                   help="tuning: also draw the recurrent layer's weight dropout and recurrent dropout from "
+                        "[0, --dropout-max] (recurrent dropout runs the reference time loop: many times slower)")
     t.add_argument("--storage", metavar="URL", default=None,
                    help="tuning: the Optuna storage (any SQLAlchemy URL, e.g. postgresql://host/db, to share the "
                         "studies between machines); default: sqlite in --out/tuning.db")

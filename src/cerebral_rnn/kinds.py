@@ -37,26 +37,28 @@ __all__ = ["CellKind", "KINDS", "get_kind", "combine", "paths_step", "lstm_path"
 PathStep = Callable[[Tensor, Tensor, Tensor, "Tensor | None", "Tensor | None"], "tuple[Tensor, Tensor | None]"]
 
 
-def lstm_path(gx: Tensor, gh: Tensor, h: Tensor, c: Tensor, peephole: Tensor | None = None):
+def lstm_path(gx: Tensor, gh: Tensor, h: Tensor, c: Tensor, peephole: Tensor | None = None, norm_c=None):
     """One LSTM path (``torch.nn.LSTM``'s equations, rows i, f, g, o): returns ``(o * tanh(c'), c')``.
 
     ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)`` -- Kumar 2020 eqs. 1-5 (upper path) and 6-10 (lower path).
+    ``norm_c`` (layer norm): the output reads ``o * tanh(norm_c(c'))``; the returned ``c'`` is not normalised.
     """
     i, f, g, o = (gx + gh).chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    return torch.sigmoid(o) * torch.tanh(c if norm_c is None else norm_c(c)), c
 
 
-def peephole_path(gx: Tensor, gh: Tensor, h: Tensor, c: Tensor, peephole: Tensor):
+def peephole_path(gx: Tensor, gh: Tensor, h: Tensor, c: Tensor, peephole: Tensor, norm_c=None):
     """One peephole LSTM path (Gers & Schmidhuber 2000): the input and forget gates see ``c(t-1)``, the output
-    gate sees ``c(t)``, each through a diagonal weight (``peephole`` = ``[w_ci, w_cf, w_co]``, 3H)."""
+    gate sees ``c(t)``, each through a diagonal weight (``peephole`` = ``[w_ci, w_cf, w_co]``, 3H). ``norm_c`` as
+    in :func:`lstm_path`."""
     a_i, a_f, a_g, a_o = (gx + gh).chunk(4, dim=-1)
     w_ci, w_cf, w_co = peephole.chunk(3, dim=-1)
     i = torch.sigmoid(a_i + w_ci * c)
     f = torch.sigmoid(a_f + w_cf * c)
     c = f * c + i * torch.tanh(a_g)
     o = torch.sigmoid(a_o + w_co * c)
-    return o * torch.tanh(c), c
+    return o * torch.tanh(c if norm_c is None else norm_c(c)), c
 
 
 def gru_path(gx: Tensor, gh: Tensor, h: Tensor, c: None = None, peephole: None = None):

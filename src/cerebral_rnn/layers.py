@@ -16,6 +16,7 @@ parameters computes in the autocast dtype, casting its input, states and weights
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from contextlib import contextmanager, nullcontext
 
@@ -26,11 +27,13 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import backends as _backends
 from . import init as _init
+from . import regularise as _reg
 from ._checks import check_bool, check_dropout, check_like, check_positive_int
 from ._compat import autocast_dtype, autocast_enabled, under_functorch
 from .backends._compile import compiling_eagerly, eager
 from .kinds import KINDS, CellKind
 from .layout import DirectionWeights, LayerSpec
+from .regularise import DirectionMasks, Regularisers, StepRegs
 
 __all__ = ["RNN", "LSTM", "GRU", "CerebralLSTM", "CerebralPeepholeLSTM", "CerebralGRU"]
 
@@ -77,7 +80,7 @@ class _RNNBase(nn.Module):
 
     def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, num_paths: int = 1,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, regularisers: Regularisers | None = None) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
@@ -113,6 +116,19 @@ class _RNNBase(nn.Module):
                     names.append(name + suffix)
                 self._all_weights.append(names)
         self._flat_weights_names = [n for names in self._all_weights for n in names]
+        # plain values (a pickled module then needs no allowlisted class); read through ``regularisers``
+        self._regularisers: dict = dataclasses.asdict(regularisers if regularisers is not None else Regularisers())
+        if self.regularisers.layer_norm:  # gains and shifts, kept out of nn.LSTM's weight lists
+            gate_rows = self.kind.gate_blocks * hidden_size * self.num_paths
+            for layer in range(num_layers):
+                for direction in range(D):
+                    suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                    sizes = {"ln_ih": gate_rows, "ln_hh": gate_rows}
+                    if self.kind.has_cell:
+                        sizes["ln_c"] = hidden_size * self.num_paths
+                    for name, n in sizes.items():
+                        setattr(self, f"{name}_weight{suffix}", nn.Parameter(torch.empty(n, **kw)))
+                        setattr(self, f"{name}_bias{suffix}", nn.Parameter(torch.empty(n, **kw)))
 
     # -- description --------------------------------------------------------------------------------------
 
@@ -120,6 +136,11 @@ class _RNNBase(nn.Module):
     def kind(self) -> CellKind:
         """The cell kind's description (:data:`cerebral_rnn.kinds.KINDS`)."""
         return KINDS[self.kind_name]
+
+    @property
+    def regularisers(self) -> Regularisers:
+        """The layer's weight dropout, recurrent dropout, zoneout and layer norm (:mod:`cerebral_rnn.regularise`)."""
+        return Regularisers(**self._regularisers)
 
     @property
     def backend(self) -> str:
@@ -176,6 +197,52 @@ class _RNNBase(nn.Module):
                                      gate_blocks=self.kind.gate_blocks, forget_gate=self.kind.forget_gate)
                 if w.w_hr is not None:
                     _init.uniform_((w.w_hr,), self.hidden_size)
+        if self.regularisers.layer_norm:
+            with torch.no_grad():
+                for name, p in self.named_parameters():
+                    if name.startswith("ln_"):
+                        p.fill_(1.0 if "_weight" in name else 0.0)
+
+    def _ln_params(self, layer: int, direction: int):
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        names = ["ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias"]
+        out = [getattr(self, n + suffix) for n in names]
+        if self.kind.has_cell:
+            out += [getattr(self, "ln_c_weight" + suffix), getattr(self, "ln_c_bias" + suffix)]
+        else:
+            out += [None, None]
+        return tuple(out)
+
+    def draw_masks(self, seq_len: int, batch_size: int) -> list[list[DirectionMasks]]:
+        """The masks a training call on input of ``seq_len`` steps and ``batch_size`` sequences draws from
+        torch's generator, per layer and direction, in the order the call draws them (see
+        :mod:`cerebral_rnn.regularise`): seed the generator, call this, seed it again, and the call uses these."""
+        regs, ref = self.regularisers, self.weight_hh_l0
+        return [[_reg.draw_direction(regs, self.spec, seq_len, batch_size, ref) for _ in range(self.num_directions)]
+                for _ in range(self.num_layers)]
+
+    def _step_regs(self, layer: int, masks: list[DirectionMasks] | None, cast) -> list[StepRegs] | None:
+        """Per direction, what the time loop needs; None when the step is unregularised."""
+        regs = self.regularisers
+        if not regs.in_step:
+            return None
+        out = []
+        for d in range(self.num_directions):
+            m = masks[d] if masks is not None else None
+            ln = self._ln_params(layer, d) if regs.layer_norm else None
+            if ln is not None and cast is not None:
+                ln = tuple(t if t is None else t.to(cast) for t in ln)
+            h_mask = m.h if m is not None and m.h is not None else None
+            if h_mask is not None and cast is not None:
+                h_mask = h_mask.to(cast)
+            out.append(StepRegs(h_mask, m.zone_h if m is not None else None, m.zone_c if m is not None else None,
+                                regs.zoneout_h, regs.zoneout_c, ln, self.training))
+        return out
+
+    def _masked_weights(self, weights: list[DirectionWeights], masks: list[DirectionMasks] | None):
+        if masks is None or not self.regularisers.weight_dropout:
+            return weights
+        return [w._replace(w_hh=w.w_hh * m.weight.to(w.w_hh.dtype)) for w, m in zip(weights, masks)]
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -183,6 +250,12 @@ class _RNNBase(nn.Module):
                               ("bidirectional", False), ("proj_size", 0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
+        r = self.regularisers
+        for name, value in (("weight_dropout", r.weight_dropout), ("recurrent_dropout", r.recurrent_dropout),
+                            ("zoneout", (r.zoneout_h, r.zoneout_c) if self.kind.has_cell else r.zoneout_h),
+                            ("layer_norm", r.layer_norm), ("paths_share_masks", r.paths_share_masks)):
+            if value not in (0.0, False, (0.0, 0.0)):
+                s += f", {name}={value}"
         return s
 
     def __prepare_scriptable__(self):
@@ -258,7 +331,8 @@ class _RNNBase(nn.Module):
             states.append(s)
         return states
 
-    def _run_layer(self, layer: int, x: Tensor, batch_sizes: Tensor | None, states: list[Tensor], cast):
+    def _run_layer(self, layer: int, x: Tensor, batch_sizes: Tensor | None, states: list[Tensor], cast,
+                   masks: list[DirectionMasks] | None = None):
         raise NotImplementedError
 
     def _layer_weights_as(self, layer: int, dtype: torch.dtype | None) -> list[DirectionWeights]:
@@ -293,11 +367,15 @@ class _RNNBase(nn.Module):
             x = x.to(compute_dtype)
             states0 = [s.to(compute_dtype) for s in states0]
         D = self.num_directions
+        masks = None
+        if self.training and self.regularisers.any:  # drawn first, in the documented order
+            masks = self.draw_masks(len(batch_sizes) if batch_sizes is not None else x.shape[0], batch)
         finals: list[list[Tensor]] = [[] for _ in states0]
         with torch.autocast(x.device.type, enabled=False) if compute_dtype is not None else nullcontext():
             for layer in range(self.num_layers):
                 layer_states = [s[layer * D:(layer + 1) * D] for s in states0]
-                x, layer_finals = self._run_layer(layer, x, batch_sizes, layer_states, compute_dtype)
+                x, layer_finals = self._run_layer(layer, x, batch_sizes, layer_states, compute_dtype,
+                                                  masks[layer] if masks is not None else None)
                 for acc, f in zip(finals, layer_finals):
                     acc.append(f)
                 if self.dropout > 0 and self.training and layer < self.num_layers - 1:
@@ -328,13 +406,17 @@ class _TorchOpBase(_RNNBase):
 
     _op_name: str
 
-    def _run_layer(self, layer, x, batch_sizes, states, cast):
-        weights = self._layer_weights_as(layer, cast)
+    def _run_layer(self, layer, x, batch_sizes, states, cast, masks=None):
+        weights = self._masked_weights(self._layer_weights_as(layer, cast), masks)
+        step_regs = self._step_regs(layer, masks, cast)
+        if step_regs is not None and self.backend == "torch":
+            raise ValueError("backend='torch' cannot run recurrent dropout, zoneout or layer norm (torch's fused op "
+                             "has no such step); use backend='auto' or 'reference'")
         # torch's fused op has no torch.func (vmap) rules: under a transform "auto" runs the reference loop
-        if self.backend == "reference" or (self.backend == "auto" and under_functorch()):
+        if self.backend == "reference" or step_regs is not None or (self.backend == "auto" and under_functorch()):
             from .backends.reference import run_layer
 
-            return run_layer(self.spec, x, batch_sizes, tuple(states), weights)
+            return run_layer(self.spec, x, batch_sizes, tuple(states), weights, step_regs)
         op = getattr(torch._VF, self._op_name)
         flat = [t for w in weights for t in w.tensors()]
         hx = states[0] if len(states) == 1 else tuple(states)
@@ -367,11 +449,14 @@ class RNN(_TorchOpBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, backend: str = "auto") -> None:
+                 device=None, dtype=None, *, backend: str = "auto", weight_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout=0.0, layer_norm: bool = False) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        regs = _reg.check_regularisers(KINDS[f"rnn_{nonlinearity}"], weight_dropout, recurrent_dropout, zoneout,
+                                       layer_norm)
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device=device, dtype=dtype)
+                         bidirectional, device=device, dtype=dtype, regularisers=regs)
         self.nonlinearity = nonlinearity
         self._op_name = f"rnn_{nonlinearity}"
         self.backend = backend
@@ -406,9 +491,12 @@ class LSTM(_TorchOpBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None, *, forget_bias: float | None = None, backend: str = "auto") -> None:
+                 device=None, dtype=None, *, forget_bias: float | None = None, backend: str = "auto",
+                 weight_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout=0.0, layer_norm: bool = False) -> None:
+        regs = _reg.check_regularisers(KINDS["lstm"], weight_dropout, recurrent_dropout, zoneout, layer_norm)
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size=proj_size, device=device, dtype=dtype)
+                         proj_size=proj_size, device=device, dtype=dtype, regularisers=regs)
         self.forget_bias = _init.check_forget_bias(forget_bias)
         self.backend = backend
         self.reset_parameters()
@@ -430,9 +518,11 @@ class GRU(_TorchOpBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, backend: str = "auto") -> None:
+                 dtype=None, *, backend: str = "auto", weight_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout=0.0, layer_norm: bool = False) -> None:
+        regs = _reg.check_regularisers(KINDS["gru"], weight_dropout, recurrent_dropout, zoneout, layer_norm)
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, regularisers=regs)
         self.backend = backend
         self.reset_parameters()
 
@@ -442,9 +532,10 @@ class _CerebralBase(_RNNBase):
 
     def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
                  batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, device, dtype,
-                 num_paths: int, init: str, forget_bias, backend: str) -> None:
+                 num_paths: int, init: str, forget_bias, backend: str, regularisers: dict | None = None) -> None:
+        regs = _reg.check_regularisers(KINDS[kind], **(regularisers or {}))
         super().__init__(kind, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         num_paths=num_paths, proj_size=proj_size, device=device, dtype=dtype)
+                         num_paths=num_paths, proj_size=proj_size, device=device, dtype=dtype, regularisers=regs)
         self.init = _init.check_scheme(init)
         self.forget_bias = _init.check_forget_bias(forget_bias)
         self.backend = backend
@@ -454,9 +545,18 @@ class _CerebralBase(_RNNBase):
     def _check_backend(self, name) -> str:
         return _backends.get_backend(name, self.kind_name)
 
-    def _run_layer(self, layer, x, batch_sizes, states, cast):
-        weights = self._layer_weights_as(layer, cast)
+    def _run_layer(self, layer, x, batch_sizes, states, cast, masks=None):
+        weights = self._masked_weights(self._layer_weights_as(layer, cast), masks)
         spec = self.spec
+        step_regs = self._step_regs(layer, masks, cast)
+        if step_regs is not None:  # recurrent dropout, zoneout, layer norm: the reference loop
+            if self.backend not in ("auto", "reference"):
+                raise ValueError(f"backend={self.backend!r} cannot run recurrent dropout, zoneout or layer norm "
+                                 f"(only the reference backend computes them); use backend='auto' or 'reference'")
+            from .backends.reference import run_layer
+
+            self.last_backend = "reference"
+            return run_layer(spec, x, batch_sizes, tuple(states), weights, step_regs)
         backend = _backends.select_backend(self.backend, spec, x, batch_sizes, weights, states)
         self.last_backend = backend.name
         return backend.forward_layer(spec, x, tuple(states), weights, batch_sizes)
@@ -517,9 +617,12 @@ class CerebralLSTM(_CerebralBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, num_paths: int = 2, init: str = "distinct",
-                 forget_bias: float | None = None, backend: str = "auto") -> None:
+                 forget_bias: float | None = None, backend: str = "auto", weight_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0,
+                 layer_norm: bool = False, paths_share_masks: bool = False) -> None:
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, num_paths, init, forget_bias, backend)
+                         proj_size, device, dtype, num_paths, init, forget_bias, backend,
+                         {"weight_dropout": weight_dropout, "recurrent_dropout": recurrent_dropout, "zoneout": zoneout,
+                          "layer_norm": layer_norm, "paths_share_masks": paths_share_masks})
 
 
 class CerebralPeepholeLSTM(_CerebralBase):
@@ -554,9 +657,12 @@ class CerebralPeepholeLSTM(_CerebralBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, *, num_paths: int = 2, init: str = "distinct", forget_bias: float | None = None,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", weight_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0,
+                 layer_norm: bool = False, paths_share_masks: bool = False) -> None:
         super().__init__("peephole", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, num_paths, init, forget_bias, backend)
+                         bidirectional, 0, device, dtype, num_paths, init, forget_bias, backend,
+                         {"weight_dropout": weight_dropout, "recurrent_dropout": recurrent_dropout, "zoneout": zoneout,
+                          "layer_norm": layer_norm, "paths_share_masks": paths_share_masks})
 
 
 class CerebralGRU(_CerebralBase):
@@ -591,9 +697,13 @@ class CerebralGRU(_CerebralBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, num_paths: int = 2, init: str = "distinct", backend: str = "auto") -> None:
+                 dtype=None, *, num_paths: int = 2, init: str = "distinct", backend: str = "auto",
+                 weight_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0,
+                 layer_norm: bool = False, paths_share_masks: bool = False) -> None:
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         0, device, dtype, num_paths, init, None, backend)
+                         0, device, dtype, num_paths, init, None, backend,
+                         {"weight_dropout": weight_dropout, "recurrent_dropout": recurrent_dropout, "zoneout": zoneout,
+                          "layer_norm": layer_norm, "paths_share_masks": paths_share_masks})
 
 
 LAYER_CLASSES: dict[str, type[_RNNBase]] = {
@@ -601,4 +711,4 @@ LAYER_CLASSES: dict[str, type[_RNNBase]] = {
     "cerebral-gru": CerebralGRU,
 }
 # the cell kind each Cerebral layer class runs (a key of cerebral_rnn.kinds.KINDS)
-LAYER_KINDS: dict[type[_RNNBase], str] = {CerebralLSTM: "lstm", CerebralPeepholeLSTM: "peephole", CerebralGRU: "gru"}
+CELL_KIND_OF: dict[type[_RNNBase], str] = {CerebralLSTM: "lstm", CerebralPeepholeLSTM: "peephole", CerebralGRU: "gru"}

@@ -61,6 +61,7 @@ class StackedRNN(nn.Module):
         ``"cerebral"``, ``"cerebral-peephole"``, ``"cerebral-gru"``) reading the current output.
 
         ``options`` go to the layer's constructor (``num_layers``, ``bidirectional``, ``num_paths``, ``init``,
+        the regularisers ``weight_dropout``, ``recurrent_dropout``, ``zoneout``, ``layer_norm``,
         ``backend``, ``nonlinearity``, ``proj_size``...). ``input_size`` and ``batch_first`` are set by the stack.
         Returns ``self``.
         """

@@ -71,7 +71,7 @@ def available_backends(kind=None) -> list[str]:
         if not (isinstance(cls, type) and issubclass(cls, _layers._RNNBase)):
             raise TypeError(f"kind: expected a kind name, a layer class or a layer, got {kind!r}")
         if issubclass(cls, _layers._CerebralBase):
-            kind_name = kind_name or _layers.LAYER_KINDS[cls]
+            kind_name = kind_name or _layers.CELL_KIND_OF[cls]
             return available_backends(kind_name)
         return list(names)
     if kind is not None:

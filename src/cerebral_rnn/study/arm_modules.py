@@ -31,9 +31,9 @@ class DoubledLSTM(nn.Module):
     ``(h, c)`` like ``nn.LSTM`` (``h_0`` in the doubled scale); accepts dense (L, N, I) and packed input.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, forget_bias: float | None = None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, forget_bias: float | None = None, **regularisers) -> None:
         super().__init__()
-        self.lstm = LSTM(input_size, hidden_size, forget_bias=forget_bias)
+        self.lstm = LSTM(input_size, hidden_size, forget_bias=forget_bias, **regularisers)
         self.hidden_size = hidden_size
 
     def forward(self, x, state=None):

@@ -1,6 +1,6 @@
 """The arms of the comparison: a registry of recurrent layers, one entry per arm.
 
-An arm is a name, a one-line description and a builder ``build(input_size, width, forget_bias) -> nn.Module``
+An arm is a name, a one-line description and a builder ``build(input_size, width, forget_bias, **regularisers)``
 that returns any recurrent module with ``torch.nn.LSTM``'s calling convention: ``y, state = rnn(x, state)``
 with ``x`` of shape (L, N, input_size) or a ``PackedSequence``, ``y`` of shape (L, N, output_size(width)) (or
 packed), and ``state`` either a tensor ``h_n`` (as ``nn.GRU``) or a tuple whose first entry is ``h_n``
@@ -125,60 +125,64 @@ def gru_layer_parameters(input_size: int, hidden: int) -> int:
 # -- the registry ------------------------------------------------------------------------------------------------
 
 
-def _lstm(i: int, w: int, fb: float | None):
+def _lstm(i: int, w: int, fb: float | None, **reg):
     from cerebral_rnn import LSTM
 
-    return LSTM(i, w, forget_bias=fb)
+    return LSTM(i, w, forget_bias=fb, **reg)
 
 
-def _lstm2(i: int, w: int, fb: float | None):
+def _lstm2(i: int, w: int, fb: float | None, **reg):
     from cerebral_rnn import LSTM
 
-    return LSTM(i, w, num_layers=2, forget_bias=fb)
+    return LSTM(i, w, num_layers=2, forget_bias=fb, **reg)
 
 
 def _cerebral(init: str, paths: int = 2):
-    def build(i: int, w: int, fb: float | None):
+    def build(i: int, w: int, fb: float | None, **reg):
         from cerebral_rnn import CerebralLSTM
 
-        return CerebralLSTM(i, w, num_paths=paths, init=init, forget_bias=fb)
+        return CerebralLSTM(i, w, num_paths=paths, init=init, forget_bias=fb, **reg)
 
     return build
 
 
-def _peephole(i: int, w: int, fb: float | None):
+def _peephole(i: int, w: int, fb: float | None, **reg):
     from cerebral_rnn import CerebralPeepholeLSTM
 
-    return CerebralPeepholeLSTM(i, w, init="distinct", forget_bias=fb)
+    return CerebralPeepholeLSTM(i, w, init="distinct", forget_bias=fb, **reg)
 
 
-def _doubled(i: int, w: int, fb: float | None):
+def _doubled(i: int, w: int, fb: float | None, **reg):
     from .arm_modules import DoubledLSTM
 
-    return DoubledLSTM(i, w, forget_bias=fb)
+    return DoubledLSTM(i, w, forget_bias=fb, **reg)
 
 
-def _lstmp(i: int, w: int, fb: float | None):
+def _lstmp(i: int, w: int, fb: float | None, **reg):
     from torch import nn
 
     from .arm_modules import set_forget_bias_
 
+    if reg:  # torch's nn.LSTM has no regularisers: the library's LSTM (the same function, nn.LSTM's contract)
+        from cerebral_rnn import LSTM
+
+        return LSTM(i, 2 * w, proj_size=w, forget_bias=fb, **reg)
     rnn = nn.LSTM(i, 2 * w, proj_size=w)
     if fb is not None:
         set_forget_bias_(rnn, fb, gate_rows=2 * w)
     return rnn
 
 
-def _gru(i: int, w: int, fb: float | None):
+def _gru(i: int, w: int, fb: float | None, **reg):
     from cerebral_rnn import GRU
 
-    return GRU(i, w)
+    return GRU(i, w, **reg)
 
 
-def _cerebral_gru(i: int, w: int, fb: float | None):
+def _cerebral_gru(i: int, w: int, fb: float | None, **reg):
     from cerebral_rnn import CerebralGRU
 
-    return CerebralGRU(i, w, init="distinct")
+    return CerebralGRU(i, w, init="distinct", **reg)
 
 
 register(Arm("lstm", "single LSTM, hidden H", _lstm, lambda i, w: lstm_layer_parameters(i, w)))

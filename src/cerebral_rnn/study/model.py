@@ -73,17 +73,20 @@ def check_dropout(p, name: str) -> float:
 
 
 def model_config(arm: str, io: dict, hidden: int, task: str, forget_bias: float | None = None,
-                 input_dropout: float = 0.0, output_dropout: float = 0.0) -> dict:
+                 input_dropout: float = 0.0, output_dropout: float = 0.0, rnn_regularisers: dict | None = None) -> dict:
     """Everything needed to rebuild an arm's model (stored in every checkpoint). ``forget_bias`` is dropped
     (None) for an arm without a forget gate."""
     _arms.check_arms([arm])
     check_io(io)
     a = _arms.ARMS[arm]
     width = matched_width(arm, io, hidden) if a.match else hidden
-    return {"task": task, "arm": arm, "io": dict(io), "hidden": hidden, "width": width,
-            "forget_bias": forget_bias if a.forget_gate else None,
-            "input_dropout": check_dropout(input_dropout, "--input-dropout"),
-            "output_dropout": check_dropout(output_dropout, "--output-dropout")}
+    config = {"task": task, "arm": arm, "io": dict(io), "hidden": hidden, "width": width,
+              "forget_bias": forget_bias if a.forget_gate else None,
+              "input_dropout": check_dropout(input_dropout, "--input-dropout"),
+              "output_dropout": check_dropout(output_dropout, "--output-dropout")}
+    if rnn_regularisers:  # the recurrent layer's own (weight_dropout, recurrent_dropout, ...); absent when off
+        config["rnn_regularisers"] = dict(rnn_regularisers)
+    return config
 
 
 class SeqModel(nn.Module):
@@ -101,7 +104,8 @@ class SeqModel(nn.Module):
         self.readout = io["readout"]
         self.encoder = nn.Embedding(io["vocab"], io["embedding"]) if io["kind"] == "tokens" else nn.Identity()
         self.input_dropout = nn.Dropout(config.get("input_dropout", 0.0))
-        self.rnn = arm.build(input_size(io), config["width"], config.get("forget_bias"))
+        regs = config.get("rnn_regularisers") or {}
+        self.rnn = arm.build(input_size(io), config["width"], config.get("forget_bias"), **regs)
         self.output_dropout = nn.Dropout(config.get("output_dropout", 0.0))
         self.head = nn.Linear(arm.output_size(config["width"]), io["outputs"])
 

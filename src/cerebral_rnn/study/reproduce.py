@@ -302,7 +302,8 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
     try:
         # 1. tuning: one Optuna study per arm, the same N settings for every arm
         chosen: dict[str, dict] = {}
-        fixed = {k: cfg.get(k, 0.0) for k in ("lr", "input_dropout", "output_dropout", "weight_decay")}
+        fixed = {k: cfg.get(k) or 0.0 for k in ("lr", "input_dropout", "output_dropout", "weight_decay",
+                                                "rnn_weight_dropout", "recurrent_dropout")}
         if cfg["tune"]:
             fp = _tuner.fingerprint(training_config(cfg, task), data_id)
             settings = _tuner.trial_settings(arms, cfg, out, fp, ask=not report_only) if dist.main else None

@@ -50,8 +50,20 @@ def training_keys(task: Task) -> tuple[str, ...]:
     return COMMON_KEYS + tuple(k for k in task.keys if k not in COMMON_KEYS)
 
 
+# Keys of later versions, left out of the training config while off, so that the runs of earlier versions
+# still resume (and keep their tuning studies' fingerprints).
+OPTIONAL_KEYS = {"tune_recurrent": False, "rnn_weight_dropout": 0.0, "recurrent_dropout": 0.0}
+
+
 def training_config(cfg: dict, task: Task) -> dict:
-    return json.loads(json.dumps({k: cfg.get(k) for k in training_keys(task)}))
+    out = {k: cfg.get(k) for k in training_keys(task)}
+    out.update({k: cfg[k] for k, off in OPTIONAL_KEYS.items() if cfg.get(k, off) not in (off, None)})
+    return json.loads(json.dumps(out))
+
+
+def same_spec(old: dict, new: dict) -> bool:
+    """A checkpoint's spec against this run's; fields that a later version added count only when they are on."""
+    return old == {k: v for k, v in new.items() if k in old or v not in (0.0, None)}
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,8 @@ class RunSpec:
     input_dropout: float = 0.0
     output_dropout: float = 0.0
     weight_decay: float = 0.0
+    rnn_weight_dropout: float = 0.0  # the recurrent layer's own regularisers (cerebral_rnn.regularise)
+    recurrent_dropout: float = 0.0
 
     @property
     def name(self) -> str:
@@ -88,7 +102,13 @@ class RunSpec:
     def make(cls, phase: str, arm: str, seed: int, setting: dict, trial: int | None = None) -> RunSpec:
         return cls(phase, arm, seed, float(setting["lr"]), setting.get("forget_bias"), trial,
                    float(setting.get("input_dropout", 0.0)), float(setting.get("output_dropout", 0.0)),
-                   float(setting.get("weight_decay", 0.0)))
+                   float(setting.get("weight_decay", 0.0)), float(setting.get("rnn_weight_dropout", 0.0)),
+                   float(setting.get("recurrent_dropout", 0.0)))
+
+    def rnn_regularisers(self) -> dict:
+        """The recurrent layer's regularisers that are on (an empty dict: none, the model of earlier versions)."""
+        return {k: v for k, v in (("weight_dropout", self.rnn_weight_dropout),
+                                  ("recurrent_dropout", self.recurrent_dropout)) if v}
 
 
 def checkpoint_paths(out: str, arm: str, seed: int) -> tuple[str, str]:
@@ -157,7 +177,7 @@ def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
     splits = ctx.splits(spec.seed)
     _model.seed_everything(spec.seed)
     config = _model.model_config(spec.arm, ctx.data.io, cfg["hidden"], task.name, spec.forget_bias,
-                                 spec.input_dropout, spec.output_dropout)
+                                 spec.input_dropout, spec.output_dropout, spec.rnn_regularisers())
     model = _model.build_model(config).to(device)
     # AdamW: decoupled weight decay (with weight_decay 0 every step is Adam's)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
@@ -168,7 +188,7 @@ def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
         ckpt = load_checkpoint(last_path)
         if ckpt["model_config"] != config:
             raise ValueError(f"--resume: {last_path} holds a model {ckpt['model_config']}, this run builds {config}")
-        if ckpt["spec"] != asdict(spec):
+        if not same_spec(ckpt["spec"], asdict(spec)):
             raise ValueError(f"--resume: {last_path} was trained with {ckpt['spec']}, this run asks for "
                              f"{asdict(spec)} (did the tuning settings or --epochs change?)")
         model.load_state_dict(ckpt["model"])
@@ -316,7 +336,7 @@ def time_one_epoch(ctx: RunContext, spec: RunSpec) -> float:
     splits = ctx.splits(spec.seed)
     _model.seed_everything(spec.seed)
     config = _model.model_config(spec.arm, ctx.data.io, cfg["hidden"], task.name, spec.forget_bias,
-                                 spec.input_dropout, spec.output_dropout)
+                                 spec.input_dropout, spec.output_dropout, spec.rnn_regularisers())
     model = _model.build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     B, N = cfg["batch_size"], task.size(splits.train)

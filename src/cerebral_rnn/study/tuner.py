@@ -2,7 +2,8 @@
 
 The search space (:func:`search_space`) is the learning rate (log-uniform over ``lr_range``), the model's
 input and output dropout (uniform over [0, ``dropout_max``]), AdamW's weight decay (log-uniform over
-``weight_decay_range``) and, with ``tune_forget_bias``, the forget-gate bias (0 or 1). Every arm's study uses
+``weight_decay_range``), with ``tune_forget_bias`` the forget-gate bias (0 or 1), and with ``tune_recurrent``
+the recurrent layer's weight dropout and recurrent dropout (uniform over [0, ``dropout_max``]). Every arm's study uses
 ``optuna.samplers.QMCSampler`` (scrambled Sobol points, seeded with ``SAMPLER_SEED``): its points do not depend
 on the trials' results, so every arm is tuned over exactly the same N settings, the trials are independent and
 can train in any order or on any machine, and a rerun draws the same settings. Trial t trains with seed
@@ -29,7 +30,8 @@ TUNE_SEED0 = 10_000  # tuning trial t trains with seed TUNE_SEED0 + t; final see
 SAMPLER_SEED = 2020  # the QMC sampler's seed, the same for every arm
 DEFAULT_STORAGE_FILE = "tuning.db"
 
-SETTING_KEYS = ("lr", "input_dropout", "output_dropout", "weight_decay", "forget_bias")
+SETTING_KEYS = ("lr", "input_dropout", "output_dropout", "weight_decay", "forget_bias", "rnn_weight_dropout",
+                "recurrent_dropout")
 
 
 def _optuna():
@@ -57,6 +59,9 @@ def search_space(cfg: dict) -> dict:
         space["weight_decay"] = FloatDistribution(wlo, whi, log=True)
     if cfg.get("tune_forget_bias"):
         space["forget_bias"] = CategoricalDistribution([0.0, 1.0])
+    if cfg.get("tune_recurrent") and cfg.get("dropout_max", 0) > 0:  # the recurrent layer's own regularisers
+        space["rnn_weight_dropout"] = FloatDistribution(0.0, cfg["dropout_max"])
+        space["recurrent_dropout"] = FloatDistribution(0.0, cfg["dropout_max"])
     return space
 
 
@@ -71,6 +76,9 @@ def describe_space(cfg: dict) -> str:
         parts.append(f"AdamW weight decay log-uniform over [{wlo:g}, {whi:g}]")
     if cfg.get("tune_forget_bias"):
         parts.append("forget-gate bias from {0, 1}")
+    if cfg.get("tune_recurrent") and cfg.get("dropout_max", 0) > 0:
+        parts.append(f"the RNN's weight dropout (DropConnect on W_hh) and recurrent dropout each uniform over "
+                     f"[0, {cfg['dropout_max']:g}]")
     return "; ".join(parts)
 
 
@@ -129,7 +137,9 @@ def setting_of(cfg: dict, trial: int, params: dict) -> dict:
          "input_dropout": float(params.get("input_dropout", cfg.get("input_dropout", 0.0))),
          "output_dropout": float(params.get("output_dropout", cfg.get("output_dropout", 0.0))),
          "weight_decay": float(params.get("weight_decay", cfg.get("weight_decay", 0.0))),
-         "forget_bias": params.get("forget_bias")}
+         "forget_bias": params.get("forget_bias"),
+         "rnn_weight_dropout": float(params.get("rnn_weight_dropout", cfg.get("rnn_weight_dropout") or 0.0)),
+         "recurrent_dropout": float(params.get("recurrent_dropout", cfg.get("recurrent_dropout") or 0.0))}
     if s["forget_bias"] is not None:
         s["forget_bias"] = float(s["forget_bias"])
     return s

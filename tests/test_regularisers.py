@@ -1,0 +1,199 @@
+"""Weight dropout, recurrent dropout, zoneout and layer norm in every layer class, checked against an
+independent float64 transcription (tests/regularisers_oracle.py) given the masks the layer draws, against
+gradcheck, against the unregularised layer (bitwise, when off), across backends, and for the identical-paths
+promise."""
+
+from __future__ import annotations
+
+import pytest
+import regularisers_oracle as oracle
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from cerebral_rnn import GRU, LSTM, RNN, CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM, StackedRNN
+from cerebral_rnn.study import arms as A
+
+KINDS = {"lstm": CerebralLSTM, "peephole": CerebralPeepholeLSTM, "gru": CerebralGRU}
+REGS = {"weight": {"weight_dropout": 0.4}, "recurrent": {"recurrent_dropout": 0.3},
+        "zoneout": {"zoneout": 0.3}, "layer_norm": {"layer_norm": True},
+        "all": {"weight_dropout": 0.3, "recurrent_dropout": 0.2, "zoneout": 0.25, "layer_norm": True}}
+T, B, I, H = 6, 3, 4, 5
+
+
+def _params(m, suffix="_l0"):
+    return {k[: -len(suffix)]: v.detach() for k, v in m.state_dict().items() if k.endswith(suffix)}
+
+
+def _layer(kind, K, reg, **kw):
+    torch.manual_seed(0)
+    if K == 1 and kind == "lstm":
+        return LSTM(I, H, dtype=torch.float64, **reg, **kw)
+    if K == 1 and kind == "gru":
+        return GRU(I, H, dtype=torch.float64, **reg, **kw)
+    return KINDS[kind](I, H, num_paths=K, dtype=torch.float64, **reg, **kw)
+
+
+def _oracle(kind, K, m, x, masks, training, h0=None, c0=None):
+    mk = masks[0][0] if masks is not None else None
+    h0 = torch.zeros(B, H, dtype=torch.float64) if h0 is None else h0
+    c0 = torch.zeros(B, K * H, dtype=torch.float64) if c0 is None and kind != "gru" else c0
+    r = m.regularisers
+    return oracle.run(kind, K, H, _params(m), x, h0, c0, w_mask=mk.weight if mk else None,
+                      h_mask=mk.h if mk else None, zone_h=mk.zone_h if mk else None,
+                      zone_c=mk.zone_c if mk else None, p_h=r.zoneout_h, p_c=r.zoneout_c, training=training)
+
+
+@pytest.mark.parametrize("reg", list(REGS), ids=list(REGS))
+@pytest.mark.parametrize("kind,K", [("lstm", 1), ("lstm", 2), ("lstm", 3), ("peephole", 2), ("gru", 1), ("gru", 2)])
+def test_training_call_equals_the_transcription_with_the_drawn_masks(kind, K, reg):
+    m = _layer(kind, K, REGS[reg])
+    with torch.no_grad():  # non-trivial layer-norm gains and shifts
+        for name, p in m.named_parameters():
+            if name.startswith("ln_"):
+                p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.manual_seed(7)
+    masks = m.draw_masks(T, B)
+    torch.manual_seed(7)
+    y, state = m(x)
+    want, (h, c) = _oracle(kind, K, m, x, masks, training=True)
+    torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close((state[0] if isinstance(state, tuple) else state)[0], h, rtol=1e-10, atol=1e-12)
+    if c is not None:
+        torch.testing.assert_close(state[1][0], c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,K", [("lstm", 2), ("peephole", 2), ("gru", 2), ("lstm", 1), ("gru", 1)])
+def test_eval_uses_the_zoneout_expectation_and_layer_norm_at_init(kind, K):
+    m = _layer(kind, K, {"zoneout": (0.3, 0.2) if kind != "gru" else 0.3, "layer_norm": True,
+                         "recurrent_dropout": 0.5, "weight_dropout": 0.5}).eval()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    before = torch.get_rng_state()
+    y, _ = m(x)
+    assert torch.equal(before, torch.get_rng_state())  # nothing is drawn at eval
+    want, _ = _oracle(kind, K, m, x, None, training=False)
+    torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [CerebralLSTM, CerebralPeepholeLSTM, CerebralGRU, LSTM, GRU, RNN],
+                         ids=lambda c: c.__name__)
+def test_off_is_bitwise_the_unregularised_layer_and_keeps_the_state_dict(cls):
+    torch.manual_seed(0)
+    plain = cls(I, H)
+    torch.manual_seed(0)
+    zero = cls(I, H, weight_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, layer_norm=False)
+    assert list(plain.state_dict()) == list(zero.state_dict())
+    x = torch.randn(T, B, I)
+    torch.manual_seed(1)
+    a, _ = plain(x)
+    torch.manual_seed(1)
+    b, _ = zero(x)
+    assert torch.equal(a, b)
+
+
+def test_layer_norm_parameters_have_clear_names():
+    m = CerebralLSTM(I, H, num_layers=2, bidirectional=True, layer_norm=True)
+    names = [n for n in m.state_dict() if n.startswith("ln_")]
+    assert "ln_ih_weight_l0" in names and "ln_c_bias_l1_reverse" in names and len(names) == 6 * 4
+    assert m.ln_ih_weight_l0.shape == (8 * H,) and m.ln_c_weight_l0.shape == (2 * H,)
+    g = CerebralGRU(I, H, layer_norm=True)
+    assert g.ln_hh_bias_l0.shape == (6 * H,) and not hasattr(g, "ln_c_weight_l0")
+
+
+@pytest.mark.parametrize("reg", list(REGS), ids=list(REGS))
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "gru"])
+@pytest.mark.parametrize("form", ["dense", "packed", "bidirectional-two-layers"])
+def test_gradcheck(kind, reg, form):
+    kw = {"num_layers": 2, "bidirectional": True} if form == "bidirectional-two-layers" else {}
+    torch.manual_seed(0)
+    m = KINDS[kind](3, 2, dtype=torch.float64, **REGS[reg], **kw)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(x, *ps):
+        torch.manual_seed(3)  # the same masks at every evaluation
+        inp = pack_padded_sequence(x, torch.tensor([4, 2]), enforce_sorted=True) if form == "packed" else x
+        y, _ = torch.func.functional_call(m, dict(zip(names, ps)), (inp,))
+        return y.data if form == "packed" else y
+
+    ps = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    assert torch.autograd.gradcheck(f, (x, *ps), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_weight_dropout_gives_the_same_numbers_on_every_backend():
+    x = torch.randn(T, B, I)
+    outs = {}
+    for backend in ("reference", "native", "lstm2h", "fused"):
+        torch.manual_seed(0)
+        m = CerebralLSTM(I, H, weight_dropout=0.5, backend=backend)
+        torch.manual_seed(5)
+        y, _ = m(x)
+        y.sum().backward()
+        outs[backend] = (y.detach(), m.weight_hh_l0.grad)
+    for backend, (y, g) in outs.items():
+        torch.testing.assert_close(y, outs["reference"][0], rtol=1e-5, atol=1e-6, msg=backend)
+        torch.testing.assert_close(g, outs["reference"][1], rtol=1e-4, atol=1e-5, msg=backend)
+        assert (outs["reference"][1] == 0).any()  # dropped weights get no gradient
+
+
+def _train_identical(**reg):
+    torch.manual_seed(0)
+    m = CerebralLSTM(I, H, init="identical", **reg)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for _ in range(3):
+        y, _ = m(torch.randn(T, B, I))
+        opt.zero_grad()
+        y.pow(2).sum().backward()
+        opt.step()
+    return A.path_difference(m)
+
+
+def test_what_keeps_identical_paths_identical_bitwise():
+    assert _train_identical(recurrent_dropout=0.3) == 0.0
+    assert _train_identical(zoneout=(0.3, 0.0)) == 0.0
+    assert _train_identical(zoneout=0.3, paths_share_masks=True) == 0.0
+    assert _train_identical(weight_dropout=0.4, paths_share_masks=True) == 0.0
+    assert _train_identical(layer_norm=True) == 0.0
+    assert _train_identical(weight_dropout=0.4) > 0.0  # a mask per path separates them
+    assert _train_identical(zoneout=0.3) > 0.0
+
+
+def test_one_path_layers_run_the_regularisers_and_torch_refuses_the_step_ones():
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    m = LSTM(I, H, weight_dropout=0.5, dtype=torch.float64)  # torch's op with the masked weight
+    torch.manual_seed(2)
+    masks = m.draw_masks(T, B)
+    torch.manual_seed(2)
+    y, _ = m(x)
+    want, _ = _oracle("lstm", 1, m, x, masks, training=True)
+    torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="backend='torch' cannot run recurrent dropout"):
+        LSTM(I, H, zoneout=0.1, backend="torch")(x.float())
+    with pytest.raises(ValueError, match="only the reference backend"):
+        CerebralLSTM(I, H, layer_norm=True, backend="native")(x.float())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"weight_dropout": 1.0}, r"weight_dropout: expected a probability in \[0, 1\), got 1.0"),
+    ({"recurrent_dropout": -0.1}, "recurrent_dropout: expected a probability"),
+    ({"zoneout": (0.1, 0.2, 0.3)}, "zoneout: expected p or a pair"),
+    ({"zoneout": "0.1"}, "zoneout: expected a probability"),
+])
+def test_bad_values_name_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CerebralLSTM(I, H, **kwargs)
+
+
+def test_zoneout_pair_on_a_kind_without_c_is_refused():
+    with pytest.raises(ValueError, match="zoneout: a pair"):
+        CerebralGRU(I, H, zoneout=(0.1, 0.1))
+    with pytest.raises(TypeError, match="layer_norm: expected a bool"):
+        GRU(I, H, layer_norm=1)
+
+
+def test_stacked_rnn_add_layer_takes_them():
+    net = StackedRNN(I).add_layer("cerebral", H, recurrent_dropout=0.2, layer_norm=True).add_layer(
+        "lstm", H, weight_dropout=0.3)
+    y, _ = net(torch.randn(T, B, I))
+    assert y.shape == (T, B, H) and net.layers[0].regularisers.layer_norm
+    assert "layer_norm=True" in repr(net.layers[0])
