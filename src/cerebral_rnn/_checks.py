@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 import warnings
 
-import torch
 from torch import Tensor
 
 
@@ -67,7 +66,3 @@ def check_state(name: str, s: Tensor, expected: tuple[int, ...], ref: Tensor) ->
     check_like(name, s, ref)
     if tuple(s.shape) != tuple(expected):
         raise ValueError(f"{name}: expected shape {tuple(expected)}, got {tuple(s.shape)}")
-
-
-def is_floating(t: Tensor) -> bool:
-    return torch.is_floating_point(t)

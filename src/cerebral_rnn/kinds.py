@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CellKind", "KINDS", "get_kind", "combine", "paths_step", "lstm_path", "peephole_path", "gru_path",
+__all__ = ["CellKind", "KINDS", "combine", "paths_step", "lstm_path", "peephole_path", "gru_path",
            "rnn_tanh_path", "rnn_relu_path"]
 
 # step(gx, gh, h, c, peephole) -> (out, c_new); c and c_new are None for kinds without a cell state.
@@ -109,10 +109,6 @@ KINDS: dict[str, CellKind] = {
     "rnn_tanh": CellKind("rnn_tanh", ("h",), rnn_tanh_path),
     "rnn_relu": CellKind("rnn_relu", ("h",), rnn_relu_path),
 }
-
-
-def get_kind(name: str) -> CellKind:
-    return KINDS[name]
 
 
 def combine(kind: CellKind, outs: list[Tensor]) -> Tensor:

@@ -221,7 +221,7 @@ class Plan(NamedTuple):
     has_cell: bool
 
 
-def _split(flat, D):
+def _split(flat):
     """The flat parameter list (5 per direction: w_ih, w_hh, b_ih, b_hh, peephole) as 5 lists over directions."""
     return [list(flat[i::5]) for i in range(5)]
 
@@ -234,8 +234,7 @@ class NativeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan, x, h0, c0, *flat):
         ext = _load()
-        D = len(flat) // 5
-        w_ih, w_hh, b_ih, b_hh, peep = _split(flat, D)
+        w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
         x = x.contiguous()
         out = ext.forward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, True, plan.fwd_mode,
                           plan.threads, plan.chunk_rows)
@@ -258,7 +257,7 @@ class NativeFunction(torch.autograd.Function):
         flat = saved[4:len(saved) - n]
         rest = saved[len(saved) - n:]
         D = len(flat) // 5
-        w_ih, w_hh, b_ih, b_hh, peep = _split(flat, D)
+        w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
         acts, states = list(rest[: n // 2]), list(rest[n // 2:])
         need = ctx.needs_input_grad  # (plan, x, h0, c0, *flat)
         pneed = [any(need[4 + 5 * d + i] for d in range(D)) for i in range(5)]
@@ -313,11 +312,12 @@ class NativeBackend:
             return _ERROR
         return None
 
-    def _modes(self, x: Tensor, spec) -> tuple[int, int]:
+    def _mode(self, x: Tensor) -> int:
+        """The GEMM route of the per-step products (forward and BPTT use the same)."""
         mode = self.gemm or "own"
         if mode == "onednn" and (x.dtype != torch.float32 or not _onednn_ok()):
             mode = "addmm"
-        return GEMM_MODES[mode], GEMM_MODES[mode]
+        return GEMM_MODES[mode]
 
     def _threads(self, x: Tensor, spec) -> int:
         threads = torch.get_num_threads()
@@ -330,7 +330,7 @@ class NativeBackend:
         return max(256, min(1024, (512 * 1024) // (spec.rows * x.element_size())))
 
     def plan(self, spec, x: Tensor) -> Plan:
-        fwd, bwd = self._modes(x, spec)
+        fwd = bwd = self._mode(x)
         return Plan(KIND_IDS[spec.kind.name], spec.paths, fwd, bwd, self._threads(x, spec), self._chunk_rows(x, spec),
                     spec.kind.has_cell)
 
@@ -344,7 +344,7 @@ class NativeBackend:
         if needs_grad(x, states, weights):
             out = NativeFunction.apply(plan, x, h0, c0, *flat)
         else:
-            w_ih, w_hh, b_ih, b_hh, peep = _split(flat, len(weights))
+            w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
             with torch.no_grad():
                 out = _load().forward(plan.kind, plan.paths, x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, peep,
                                       False, plan.fwd_mode, plan.threads, plan.chunk_rows)[:3]

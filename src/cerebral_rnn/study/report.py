@@ -93,9 +93,6 @@ def read_csv(path: str) -> list[dict]:
         return [{k: _parse(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-read_metrics_csv = read_csv
-
-
 def run_columns(task: Task) -> tuple[str, ...]:
     return ("phase", "model", "seed", "trial", "lr", "input_dropout", "output_dropout", "weight_decay",
             "forget_bias", "rnn_weight_dropout", "recurrent_dropout", "width", "parameters", "epochs", "stopped",
