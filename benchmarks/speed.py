@@ -200,6 +200,16 @@ MODELS = {m.name: m for m in [
           lambda I, H, L, d: CerebralGRU(I, H, L, device=d)),
     Model("cerebral-reference", "CerebralLSTM(I, H), backend reference", "lstm", _targets(),
           lambda I, H, L, d: CerebralLSTM(I, H, L, backend="reference", device=d)),
+    # the regularisers (cerebral_rnn.regularise), against the same layer unregularised; opt-in (--models): the
+    # last three run the reference loop, slow at the large shapes
+    Model("cerebral-weight-dropout", "CerebralLSTM(I, H, weight_dropout=0.5)", "cerebral-auto", _targets(1.3, 1.3),
+          lambda I, H, L, d: CerebralLSTM(I, H, L, device=d, weight_dropout=0.5)),
+    Model("cerebral-recurrent-dropout", "CerebralLSTM(I, H, recurrent_dropout=0.2)", "cerebral-auto",
+          _targets(1.3, 1.3), lambda I, H, L, d: CerebralLSTM(I, H, L, device=d, recurrent_dropout=0.2)),
+    Model("cerebral-zoneout", "CerebralLSTM(I, H, zoneout=0.1)", "cerebral-auto", _targets(1.3, 1.3),
+          lambda I, H, L, d: CerebralLSTM(I, H, L, device=d, zoneout=0.1)),
+    Model("cerebral-layer-norm", "CerebralLSTM(I, H, layer_norm=True)", "cerebral-auto", _targets(1.3, 1.3),
+          lambda I, H, L, d: CerebralLSTM(I, H, L, device=d, layer_norm=True)),
     Model("lstm", "nn.LSTM(I, H)", "lstm", _targets(), lambda I, H, L, d: nn.LSTM(I, H, L, device=d)),
     Model("gru", "nn.GRU(I, H)", "lstm", _targets(), lambda I, H, L, d: nn.GRU(I, H, L, device=d)),
     Model("lstm-2layer", "nn.LSTM(I, H, num_layers=2L)", "lstm", _targets(),
@@ -207,7 +217,8 @@ MODELS = {m.name: m for m in [
     Model("lstm-matched", "nn.LSTM(I, H') with about cerebral-auto's parameter count", "lstm", _targets(),
           lambda I, H, L, d: nn.LSTM(I, matched_hidden(I, H, L), L, device=d)),
 ]}
-DEFAULT_MODELS = [n for n in MODELS if n != "cerebral-reference"]
+REGULARISED = ["cerebral-weight-dropout", "cerebral-recurrent-dropout", "cerebral-zoneout", "cerebral-layer-norm"]
+DEFAULT_MODELS = [n for n in MODELS if n != "cerebral-reference" and n not in REGULARISED]
 CEREBRAL_KINDS = ["cerebral-auto", "cerebral-k3-auto", "cerebral-peephole-auto", "cerebral-gru-auto",
                   "cerebral-reference"]
 
