@@ -365,13 +365,16 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
         if task.name == "charlm":
             atomic_write_text(_samples(out, arms, seeds, data), os.path.join(out, "samples.txt"))
         info["wall_seconds"] = time.perf_counter() - t_start
-        info["invocations"] = [i for i in previous.get("invocations", []) if i.get("mode") == "run"]
+        earlier = previous.get("invocations")
+        if earlier is None and "wall_seconds_this_invocation" in previous:  # a manifest of an earlier version
+            earlier = [{"mode": "run", "wall_seconds": previous["wall_seconds_this_invocation"]}]
+        info["invocations"] = [i for i in earlier or [] if i.get("mode") == "run"]
         if not report_only:
             info["invocations"].append({"wall_seconds": info["wall_seconds"]})
         info["claims_png"] = os.path.join(out, "claims.png")
         text, claims = _report.summary_markdown(rows, final_results, info)
         atomic_write_text(text, os.path.join(out, "summary.md"))
-        invocations = list(previous.get("invocations", [])) + [{
+        invocations = list(earlier or []) + [{
             "started": manifest["started"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_seconds": info["wall_seconds"], "mode": "report" if report_only else "run"}]
         manifest.update(status="complete", finished=invocations[-1]["finished"], invocations=invocations,
