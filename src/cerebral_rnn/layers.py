@@ -352,7 +352,7 @@ class _RNNBase(nn.Module):
     def _forward_contiguous(self, input, hx):
         # With torch 2.13, a transposed (batch_first) tensor coming out of a graph break into a compiled
         # nn.Linear corrupted the heap in the compiled backward (aborts or NaN in most runs, also with
-        # torch.nn.LSTM in place of this layer); a contiguous output did not. See README, "Deployment".
+        # torch.nn.LSTM in place of this layer); a contiguous output did not. See docs/backends.md, "Deployment".
         output, state = self._forward(input, hx)
         return (output.contiguous() if isinstance(output, Tensor) else output), state
 
