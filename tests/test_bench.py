@@ -19,21 +19,74 @@ if not hasattr(speed, "main"):
 
 ALL_MODELS = {"cerebral-auto", "cerebral-k3-auto", "cerebral-peephole-auto", "cerebral-gru-auto",
               "cerebral-reference", "lstm", "gru", "lstm-2layer", "lstm-matched"}
+# the regularised layers, opt-in (--models): each against cerebral-auto, the same layer unregularised
+REGULARISED_MODELS = {"cerebral-weight-dropout", "cerebral-recurrent-dropout", "cerebral-zoneout",
+                      "cerebral-layer-norm"}
 CEREBRAL_BACKENDS = {"reference", "lstm2h", "fused", "native"}  # a new backend name: add it here
 MACHINE_KEYS = {"cpu_model", "cpu_vendor", "cpu_id", "isa_flags", "cpu_capability", "env", "native",
                 "threads", "interop_threads", "cpu_count", "cpus_available", "memory_bytes", "mkldnn",
                 "torch", "python", "os", "machine", "load_average_start", "load_average_end", "gpu"}
 
 
-def test_registry_is_what_the_tests_expect():
-    assert set(speed.MODELS) == ALL_MODELS
-    assert set(speed.DEFAULT_MODELS) == ALL_MODELS - {"cerebral-reference"}
-    assert speed.MODELS["cerebral-gru-auto"].baseline == "gru"
-    assert speed.MODELS["cerebral-auto"].targets == {"train": 2.2, "infer": 2.2, "memory": 2.2}
-    assert speed.MODELS["cerebral-k3-auto"].targets["train"] == pytest.approx(1.1 * 3)
-    # the word_language_model client: two layers, training at B = 20 and inference at B = 10
-    assert speed.Shape(35, 20, 64, 64, 2, infer=False) in speed.SHAPES
-    assert speed.Shape(35, 10, 64, 64, 2, train=False) in speed.SHAPES
+# The registry as documented (benchmarks/speed.py's docstring, the README), written out by hand: each model's
+# baseline and targets (issue #10: K = 2 at 2.2x nn.LSTM(H) for training, inference and memory; issue #9: K paths
+# at 1.1 K x nn.LSTM(H), so 3.3 for K = 3; peephole 2.5x nn.LSTM(H); GRU 2.5x nn.GRU(H); a regulariser 1.3x the
+# same layer unregularised, training and inference).
+BASELINES = {"cerebral-auto": "lstm", "cerebral-k3-auto": "lstm", "cerebral-peephole-auto": "lstm",
+             "cerebral-gru-auto": "gru", "cerebral-reference": "lstm", "lstm": "lstm", "gru": "lstm",
+             "lstm-2layer": "lstm", "lstm-matched": "lstm", **dict.fromkeys(REGULARISED_MODELS, "cerebral-auto")}
+NO_TARGETS = {"train": None, "infer": None, "memory": None}
+TARGETS = {"cerebral-auto": {"train": 2.2, "infer": 2.2, "memory": 2.2},
+           "cerebral-k3-auto": {"train": 3.3, "infer": 3.3, "memory": None},
+           "cerebral-peephole-auto": {"train": 2.5, "infer": 2.5, "memory": None},
+           "cerebral-gru-auto": {"train": 2.5, "infer": 2.5, "memory": None},
+           **dict.fromkeys(("cerebral-reference", "lstm", "gru", "lstm-2layer", "lstm-matched"), NO_TARGETS),
+           **{name: {"train": 1.3, "infer": 1.3, "memory": None} for name in REGULARISED_MODELS}}
+# The default grid (T, B, I, H, L, train, infer): the README's 7 one-layer shapes, then pytorch/examples'
+# word_language_model client (two layers, I = H = 64, bptt 35; training at B = 20, inference at B = 10).
+GRID = [(100, 64, 32, 128, 1, True, True), (500, 32, 32, 128, 1, True, True),
+        (100, 8, 32, 128, 1, True, True), (100, 1, 32, 128, 1, True, True),
+        (200, 128, 128, 256, 1, True, True), (100, 64, 256, 512, 1, True, True),
+        (25, 64, 512, 512, 1, True, True), (35, 20, 64, 64, 2, True, False), (35, 10, 64, 64, 2, False, True)]
+# lstm-matched's hidden size h, worked out by hand: the h whose L-layer nn.LSTM(I, h) has the parameter count
+# closest to CerebralLSTM(I, H, L)'s (K = 2), the smaller h on a tie. nn.LSTM: 4h (I + h + 2) in layer 0 and
+# 4h (2h + 2) above. E.g. (32, 128, 1): the target is 2 * 4 * 128 * 162 = 165888; h = 187 gives 4 * 187 * 221
+# = 165308 (580 short), h = 188 gives 4 * 188 * 222 = 166944 (1056 over).
+MATCHED_HIDDEN = {(32, 128, 1): 187,
+                  (3, 8, 1): 12,  # 832: 4*12*17 = 816, 4*13*18 = 936
+                  (3, 64, 1): 92,  # 35328: 4*91*96 = 34944, 4*92*97 = 35696
+                  (5, 16, 2): 23}  # 2944 + 4352 = 7296: 23 -> 2760 + 4416 = 7176, 24 -> 2976 + 4800 = 7776
+
+
+# (gates per path, paths, peephole) of each model's layers; lstm-2layer has 2L layers, lstm-matched hidden h
+LAYER_FORMS = {"cerebral-auto": (4, 2, False), "cerebral-reference": (4, 2, False),
+               "cerebral-k3-auto": (4, 3, False), "cerebral-peephole-auto": (4, 2, True),
+               "cerebral-gru-auto": (3, 2, False), "lstm": (4, 1, False), "gru": (3, 1, False),
+               "lstm-2layer": (4, 1, False), "lstm-matched": (4, 1, False)}
+
+
+def hand_params(name: str, I: int, H: int, L: int) -> int:
+    """The parameter count of model ``name`` at (I, H, L) from the layers' documented parameter shapes: per
+    layer and path, weight_ih (G h, in) and weight_hh (G h, h) with G = 4 gates (LSTM) or 3 (GRU), two (G h,)
+    biases and, for the peephole LSTM, a (3 h,) peephole vector; ``in`` is I in layer 0, h above."""
+    gates, paths, peephole = LAYER_FORMS[name]
+    h = MATCHED_HIDDEN[I, H, L] if name == "lstm-matched" else H
+    layers = 2 * L if name == "lstm-2layer" else L
+    return sum(paths * (gates * h * ((I if layer == 0 else h) + h + 2) + (3 * h if peephole else 0))
+               for layer in range(layers))
+
+
+def test_registry_is_the_documented_one():
+    """Models, default models, baselines, targets, the default grid and lstm-matched's hidden size, against the
+    values written out by hand above."""
+    assert set(speed.MODELS) == ALL_MODELS | REGULARISED_MODELS == set(BASELINES) == set(TARGETS)
+    assert set(speed.DEFAULT_MODELS) == ALL_MODELS - {"cerebral-reference"}  # the regularised ones: opt-in
+    for name, model in speed.MODELS.items():
+        assert model.name == name and model.baseline == BASELINES[name], name
+        assert model.targets == TARGETS[name], name
+    assert [(s.T, s.B, s.I, s.H, s.L, s.train, s.infer) for s in speed.SHAPES] == GRID
+    for (I, H, L), h in MATCHED_HIDDEN.items():
+        assert speed.matched_hidden(I, H, L) == h, (I, H, L)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +140,12 @@ def test_quick_report(quick):
         for name, r in entry["models"].items():
             q = entry["ratios"][name]
             expected_layers = 2 * shape.L if name == "lstm-2layer" else shape.L
-            assert r["num_layers"] == expected_layers and r["params"] > 0
-            assert r["baseline"] == speed.MODELS[name].baseline == q["baseline"]
-            assert r["targets"] == speed.MODELS[name].targets
+            assert r["num_layers"] == expected_layers
+            assert r["params"] == hand_params(name, shape.I, shape.H, shape.L), name
+            hidden = MATCHED_HIDDEN[shape.I, shape.H, shape.L] if name == "lstm-matched" else shape.H
+            assert r["hidden_size"] == hidden and r["num_paths"] == LAYER_FORMS[name][1], name
+            assert r["baseline"] == BASELINES[name] == q["baseline"]
+            assert r["targets"] == TARGETS[name]
             for mode in ("train", "infer"):
                 if mode in modes:
                     assert r[f"{mode}_ms"] > 0 and len(q[mode]["runs"]) == runs

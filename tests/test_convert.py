@@ -1,15 +1,18 @@
 """Weight conversions: nn.LSTM <-> LSTM, and CerebralLSTM <-> its equivalent nn.LSTM(2H) (identity A).
 
-The expected LSTM(2H) weights are built here by hand, element by element, from the description in docs/notes.md:
-gate rows interleaved per gate ``[i_U; i_L | f_U; f_L | g_U; g_L | o_U; o_L]``, recurrent weight
-``[W_hh, W_hh]``, and for layers above the first, each direction's H input columns repeated (the layer below
-emits [y_U, y_L]).
+The expected LSTM(2H) weights are built by hand, element by element, from the description in docs/notes.md
+(tests/helpers.py's ``hand_lstm2h_state_dict``): gate rows interleaved per gate
+``[i_U; i_L | f_U; f_L | g_U; g_L | o_U; o_L]``, recurrent weight ``[W_hh, W_hh]``, and for layers above the
+first, each direction's H input columns repeated (the layer below emits [y_U, y_L]). The documented pipeline
+is checked against the paper's equations (tests/paper.py, float64).
 """
 
 import pytest
 import torch
+from helpers import hand_lstm2h_state_dict
+from paper import paper_sequence, random_paper_params, to_documented_layout
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cerebral_rnn import (
     LSTM,
@@ -63,41 +66,6 @@ def test_lstm_conversion_errors():
 # ---------------------------------------------------------------------------------------------------------
 # CerebralLSTM <-> nn.LSTM(2H)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def hand_lstm2h_state_dict(m: CerebralLSTM) -> dict:
-    H, D = m.hidden_size, m.num_directions
-    out = {}
-    for layer in range(m.num_layers):
-        for d in range(D):
-            sfx = f"_l{layer}" + ("_reverse" if d else "")
-            w_ih, w_hh = getattr(m, "weight_ih" + sfx).detach(), getattr(m, "weight_hh" + sfx).detach()
-            cols_in = w_ih.shape[1] * (2 if layer else 1)
-            W_ih = torch.empty(8 * H, cols_in, dtype=w_ih.dtype)
-            W_hh = torch.empty(8 * H, 2 * H, dtype=w_ih.dtype)
-            biases = {n: getattr(m, n + sfx).detach() for n in ("bias_ih", "bias_hh")} if m.bias else {}
-            B2 = {n: torch.empty(8 * H, dtype=w_ih.dtype) for n in biases}
-            for gate in range(4):  # i, f, g, o
-                for path in range(2):  # upper, lower
-                    for j in range(H):
-                        src = path * 4 * H + gate * H + j  # Cerebral row
-                        dst = gate * 2 * H + path * H + j  # LSTM(2H) row
-                        W_hh[dst, :H] = w_hh[src]
-                        W_hh[dst, H:] = w_hh[src]
-                        if layer == 0:
-                            W_ih[dst] = w_ih[src]
-                        else:
-                            for dd in range(D):
-                                block = w_ih[src, dd * H:(dd + 1) * H]
-                                W_ih[dst, dd * 2 * H: dd * 2 * H + H] = block
-                                W_ih[dst, dd * 2 * H + H: (dd + 1) * 2 * H] = block
-                        for n in biases:
-                            B2[n][dst] = biases[n][src]
-            out["weight_ih" + sfx] = W_ih
-            out["weight_hh" + sfx] = W_hh
-            for n in biases:
-                out[n + sfx] = B2[n]
-    return out
 
 
 CONFIGS = [
@@ -169,26 +137,50 @@ def test_cerebral_conversion_errors():
         cerebral_to_lstm2h(nn.LSTM(3, 8))
 
 
+def load_paper(m: CerebralLSTM, layers, gen: torch.Generator) -> None:
+    """Load the paper's parameters ``layers[l][d]`` (tests/paper.py) into two-path CerebralLSTM ``m``."""
+    with torch.no_grad():
+        for l, dirs in enumerate(layers):
+            for d, P in enumerate(dirs):
+                sfx = f"_l{l}" + ("_reverse" if d else "")
+                values = to_documented_layout(P, m.hidden_size, gen, dtype=m.weight_ih_l0.dtype)
+                for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), values):
+                    getattr(m, name + sfx).copy_(value)
+
+
 @pytest.mark.parametrize("packed", [False, True])
-def test_documented_pipeline_reproduces_cerebral(packed):
-    """cerebral_state_to_lstm2h -> nn.LSTM(2H) -> cerebral_output_from_lstm2h gives CerebralLSTM's result."""
-    m = CerebralLSTM(3, 4, num_layers=2, bidirectional=True)
+def test_documented_pipeline_reproduces_cerebral(packed, gen):
+    """cerebral_to_lstm2h + cerebral_state_to_lstm2h -> nn.LSTM(2H) -> cerebral_output_from_lstm2h, and the
+    CerebralLSTM itself, both against the paper's equations (tests/paper.py's float64 loop, each sequence run
+    alone over its own length), float64 to 1e-12: outputs and final states; packed outputs keep the input's
+    packing."""
+    H, lengths = 4, [2, 5, 4] if packed else [5, 5, 5]
+    layers = [[random_paper_params(3 if l == 0 else 2 * H, H, gen) for _ in range(2)] for l in range(2)]
+    m = CerebralLSTM(3, H, num_layers=2, bidirectional=True, dtype=F64)
+    load_paper(m, layers, gen)
     ref = cerebral_to_lstm2h(m)
-    x = torch.randn(5, 3, 3)
-    inp = pack_padded_sequence(x, [2, 5, 4], enforce_sorted=False) if packed else x
-    h0, c0 = torch.randn(4, 3, 4), torch.randn(4, 3, 8)
+    x = torch.randn(5, 3, 3, generator=gen, dtype=F64)
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+    h0 = torch.randn(4, 3, H, generator=gen, dtype=F64)
+    c0 = torch.randn(4, 3, 2 * H, generator=gen, dtype=F64)
     h0_2, c0_2 = cerebral_state_to_lstm2h(h0, c0)
-    assert torch.equal(h0_2[..., :4], h0) and torch.equal(h0_2[..., 4:], torch.zeros_like(h0))
+    assert torch.equal(h0_2[..., :H], h0) and torch.equal(h0_2[..., H:], torch.zeros_like(h0))
     assert torch.equal(c0_2, c0)
-    y, (h, c) = m(inp, (h0, c0))
-    y2, (h2, c2) = cerebral_output_from_lstm2h(*ref(inp, (h0_2, c0_2)), hidden_size=4)
-    if packed:
-        assert torch.equal(y.batch_sizes, y2.batch_sizes)
-        assert torch.equal(y.unsorted_indices, y2.unsorted_indices)
-        y, y2 = y.data, y2.data
-    assert y2.shape == y.shape and h2.shape == h.shape and c2.shape == c.shape
-    for a, b in ((y, y2), (h, h2), (c, c2)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    results = {"CerebralLSTM": m(inp, (h0, c0)),
+               "pipeline": cerebral_output_from_lstm2h(*ref(inp, (h0_2, c0_2)), hidden_size=H)}
+    expected = [paper_sequence(x[:n, b:b + 1], layers, h0[:, b:b + 1], c0[:, b:b + 1])
+                for b, n in enumerate(lengths)]
+    for what, (y, (h, c)) in results.items():
+        if packed:
+            assert torch.equal(y.batch_sizes, inp.batch_sizes) and torch.equal(y.unsorted_indices,
+                                                                                 inp.unsorted_indices), what
+            y = pad_packed_sequence(y, total_length=5)[0]
+        assert y.shape == (5, 3, 2 * H) and h.shape == (4, 3, H) and c.shape == (4, 3, 2 * H), what
+        for b, (n, (y_ref, h_ref, c_ref)) in enumerate(zip(lengths, expected)):
+            for name, got, want in (("output", y[:n, b], y_ref[:, 0]), ("h_n", h[:, b], h_ref[:, 0]),
+                                    ("c_n", c[:, b], c_ref[:, 0])):
+                torch.testing.assert_close(got, want, atol=1e-12, rtol=0,
+                                           msg=lambda s, what=what, name=name, b=b: f"{what} {name}[{b}]: {s}")
 
 
 def test_cerebral_output_from_lstm2h_folds_halves():

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 from family_oracle import F64, HAS_CELL, load_into, random_layers, run_sequence
-from helpers import CELLS, LAYERS
+from helpers import CELLS, LAYERS, skip_refusal
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from cerebral_rnn import (
@@ -249,7 +249,7 @@ def test_identical_paths_stay_identical_under_adam(kind, H, K, packed, backend):
         except ValueError as e:
             if backend == "auto" or "cannot run this input" not in str(e) or step:
                 raise
-            pytest.skip(f"backend {backend!r} refuses this case: {e}")
+            skip_refusal(backend, e, m, inp)
         y = pad_packed_sequence(out, total_length=T)[0] if packed else out
         loss = ((head(y) - target) ** 2).mean()
         if HAS_CELL[kind]:

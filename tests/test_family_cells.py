@@ -23,7 +23,7 @@ from family_oracle import (
     random_direction,
     requires_grad_,
 )
-from helpers import CELLS, LAYERS
+from helpers import CELLS, LAYERS, skip_refusal
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from cerebral_rnn import (
@@ -184,6 +184,6 @@ def test_layer_gradcheck(kind, K, packed, backend):
     except ValueError as e:
         if backend in ("auto", "reference") or "cannot run this input" not in str(e):
             raise
-        pytest.skip(f"backend {backend!r} refuses this case: {e}")
+        skip_refusal(backend, e, m, packing if packed else inp, (h0, c0) if HAS_CELL[kind] else h0)
     fast = packed or backend in ("auto", "reference")
     assert torch.autograd.gradcheck(f, (inp, h0, c0, *params), fast_mode=fast)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 from family_oracle import F64, load_into, random_layers, run_sequence, to_layout
+from helpers import run_or_skip
 from paper import paper_sequence, random_paper_params, to_documented_layout
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -37,15 +38,6 @@ TOL = 1e-10
 def assert_close(a, b, tol, what=""):
     assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
     torch.testing.assert_close(a.double(), b.double(), atol=tol, rtol=0, msg=lambda s: f"{what}: {s}")
-
-
-def run_or_skip(m, *args):
-    try:
-        return m(*args)
-    except ValueError as e:
-        if m.backend in ("auto", "reference") or "cannot run this input" not in str(e):
-            raise
-        pytest.skip(f"backend {m.backend!r} refuses this case: {e}")
 
 
 def data(out):

@@ -115,7 +115,16 @@ def test_scheme_errors():
         init.init_cerebral_(torch.empty(8, 2), torch.empty(8, 1), None, None, 1, scheme="bogus")
 
 
-def test_make_paths_identical_in_place():
-    w = torch.randn(8, 3)
-    init.make_paths_identical_(w, w.clone(), None, None)
-    assert init.paths_equal(w)
+@pytest.mark.parametrize("paths", [2, 3])
+def test_make_paths_identical_in_place(paths):
+    """Every path's block of rows becomes a copy of the first path's, in place, for each tensor given (None
+    skipped); the first block is left as it was. Checked row block by row block with torch.equal against copies
+    taken before the call."""
+    w, b = torch.randn(4 * paths, 3), torch.randn(4 * paths)
+    w_before, b_before = w.clone(), b.clone()
+    init.make_paths_identical_(w, None, b, paths=paths)  # returns nothing: the tensors given are changed
+    for t, before in ((w, w_before), (b, b_before)):
+        rows, first = t.reshape(paths, 4, *t.shape[1:]), before[:4]
+        assert not torch.equal(before[4:8], first)  # the call had something to copy
+        for k in range(paths):
+            assert torch.equal(rows[k], first), k

@@ -5,20 +5,27 @@ the input, the initial states and every parameter, in float32 (within 1e-5 of th
 and float64 (1e-12); ``torch.autograd.gradcheck`` of its autograd Function; every GEMM route of the recurrence;
 identical paths staying bitwise identical under Adam; refusals and the fallback when the extension cannot be
 built. The extension is built on first use (tens of seconds the first time, then loaded from torch's extensions
-cache); every test here is skipped, with the build error as the reason, where it cannot be built.
+cache); every test here is skipped, with the build error as the reason, where it cannot be built (and fails
+with it under ``CEREBRAL_RNN_REQUIRE_NATIVE=1``, as CI runs it).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import skip_unless_native
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from cerebral_rnn import CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM
 from cerebral_rnn.backends import BACKENDS, native, select_backend
 
-pytestmark = pytest.mark.skipif(not native.available(),
-                                reason=f"native extension unavailable: {native.unavailable_reason()}")
+
+@pytest.fixture(autouse=True)
+def _native_built():
+    """Every test here needs the extension: skipped with the build error where it cannot be built, failed with
+    it under CEREBRAL_RNN_REQUIRE_NATIVE=1 (CI)."""
+    skip_unless_native()
+
 
 CLASSES = {"lstm": CerebralLSTM, "peephole": CerebralPeepholeLSTM, "gru": CerebralGRU}
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}

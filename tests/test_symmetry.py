@@ -5,7 +5,8 @@ arithmetic the paths never separate. In floating point they stay identical only 
 paths alike; the library promises it by construction (per-path matrix products and pointwise steps), and the
 backends that cannot promise it (they interleave the paths in one kernel) refuse such layers. These tests train
 for 20 Adam steps and compare the paths bit for bit, through ``auto`` and through every named backend that
-accepts the case (a named backend that refuses is skipped with its reason). CI runs this file a second time
+accepts the case (a named backend that refuses is skipped with its reason; where the native extension cannot be
+built its tests are skipped, and fail under CEREBRAL_RNN_REQUIRE_NATIVE=1). CI runs this file a second time
 with the AVX2 code paths forced (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2).
 
 H = 1, 4, 5, 24, 128: sizes whose gate blocks do and do not fill the 8- and 16-float SIMD registers.
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CELLS, LAYERS
+from helpers import CELLS, LAYERS, skip_unless_native
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cerebral_rnn import (
     CerebralLSTM,
     available_backends,
-    backends,
 )
 
 PER_PATH = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "peephole")
@@ -90,8 +90,8 @@ def test_identical_paths_stay_identical_under_adam(kind, paths, H, backend, pack
     m = LAYERS[kind](3, H, num_layers=num_layers, bidirectional=True, dropout=0.3 if num_layers > 1 else 0.0,
                      num_paths=paths, init="identical", backend=backend)
     lengths = (lambda g: torch.randint(1, 7, (B,), generator=g).tolist()) if packed else None
-    if backend == "native" and backends.prepare()["native"] is not None:
-        pytest.skip(f"the native backend is unavailable here: {backends.prepare()['native']}")
+    if backend == "native":
+        skip_unless_native()
     train_and_check(m, paths, H, B, lengths)
 
 
@@ -109,8 +109,7 @@ def test_shared_kernel_backends_refuse_identical_paths(backend, H):
 
 
 def test_native_refuses_packed_input_and_auto_falls_back():
-    if backends.prepare()["native"] is not None:
-        pytest.skip(f"the native backend is unavailable here: {backends.prepare()['native']}")
+    skip_unless_native()
     x = pack_padded_sequence(torch.randn(5, 3, 2), [5, 3, 1])
     with pytest.raises(ValueError, match="backend='native' cannot run this input: packed input is not supported"):
         CerebralLSTM(2, 4, backend="native")(x)
