@@ -245,6 +245,8 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
     if task.name == "charlm":
         manifest["corpus"] = data.describe["corpus"]
     manifest_path = os.path.join(out, "manifest.json")
+    started_here = manifest["started"]
+    shown_jobs = jobs  # what the summary says of how the runs were trained
     previous = {}
     if os.path.exists(manifest_path):
         with open(manifest_path, encoding="utf-8") as f:
@@ -253,6 +255,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
         for k in ("argv", "started", "compiled_backends", "versions", "jobs", "torch_threads", "world_size"):
             if k in previous:
                 manifest[k] = previous[k]
+        shown_jobs = previous.get("jobs", jobs)
 
     def write_manifest() -> None:
         if dist.main:
@@ -355,7 +358,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
         progress.close()
     info = {"task": task, "arms": arms, "seeds": seeds, "params": params,
             "widths": {a: c["width"] for a, c in configs.items()}, "config": cfg, "data": data,
-            "path_gaps": gaps, "world_size": dist.world, "jobs": jobs, "chosen": chosen,
+            "path_gaps": gaps, "world_size": dist.world, "jobs": shown_jobs, "chosen": chosen,
             "tuning": manifest.get("tuning"), "min_effect": delta}
     final_results = [r for (ph, _, _), r in results.items() if ph == "final"]
     if dist.main:
@@ -375,7 +378,7 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
         text, claims = _report.summary_markdown(rows, final_results, info)
         atomic_write_text(text, os.path.join(out, "summary.md"))
         invocations = list(earlier or []) + [{
-            "started": manifest["started"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started": started_here, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_seconds": info["wall_seconds"], "mode": "report" if report_only else "run"}]
         manifest.update(status="complete", finished=invocations[-1]["finished"], invocations=invocations,
                         wall_seconds_this_invocation=info["wall_seconds"],
