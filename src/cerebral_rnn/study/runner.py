@@ -168,6 +168,17 @@ def _metric_row(spec: RunSpec, epoch: int, train_loss: float, val: dict, seconds
     return row
 
 
+def _build(ctx: RunContext, spec: RunSpec):
+    """The run's model config, its model (seeded with the run's seed) and its optimizer."""
+    _model.seed_everything(spec.seed)
+    config = _model.model_config(spec.arm, ctx.data.io, ctx.cfg["hidden"], ctx.task.name, spec.forget_bias,
+                                 spec.input_dropout, spec.output_dropout, spec.rnn_regularisers())
+    model = _model.build_model(config).to(ctx.dist.device)
+    # AdamW: decoupled weight decay (with weight_decay 0 every step is Adam's)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    return config, model, optimizer
+
+
 def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
     """Train (or continue, or just report) one run. Returns {"spec", "config", "metrics", "result",
     "path_gap"}; ``result`` (rank 0; None elsewhere) = {"stopped": "early" | "cap", "epochs", "best_epoch",
@@ -175,12 +186,7 @@ def train_one(ctx: RunContext, spec: RunSpec, resume: bool) -> dict:
     cfg, dist, device, task = ctx.cfg, ctx.dist, ctx.dist.device, ctx.task
     last_path, best_path = spec.paths(ctx.out)
     splits = ctx.splits(spec.seed)
-    _model.seed_everything(spec.seed)
-    config = _model.model_config(spec.arm, ctx.data.io, cfg["hidden"], task.name, spec.forget_bias,
-                                 spec.input_dropout, spec.output_dropout, spec.rnn_regularisers())
-    model = _model.build_model(config).to(device)
-    # AdamW: decoupled weight decay (with weight_decay 0 every step is Adam's)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    config, model, optimizer = _build(ctx, spec)
     metrics: list[dict] = []
     start, best_val, best_epoch, bad, stopped, result = 0, math.inf, 0, 0, None, None
     best_vals: dict = {}
@@ -334,11 +340,7 @@ def time_one_epoch(ctx: RunContext, spec: RunSpec) -> float:
     is written); for ``--dry-run``'s estimate."""
     cfg, task, device = ctx.cfg, ctx.task, ctx.dist.device
     splits = ctx.splits(spec.seed)
-    _model.seed_everything(spec.seed)
-    config = _model.model_config(spec.arm, ctx.data.io, cfg["hidden"], task.name, spec.forget_bias,
-                                 spec.input_dropout, spec.output_dropout, spec.rnn_regularisers())
-    model = _model.build_model(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    _, model, optimizer = _build(ctx, spec)
     B, N = cfg["batch_size"], task.size(splits.train)
     t0 = time.perf_counter()
     model.train()
