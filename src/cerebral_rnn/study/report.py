@@ -30,7 +30,7 @@ CLAIMS = (
     ("Cerebral LSTM beats an LSTM(2H) with a learned projection (does fixing the projection help?)", "cerebral",
      "lstmp", False),
 )
-# The family's claims (ours): listed, tested and Holm-corrected with the others only when both arms ran.
+# The family's claims (ours): listed, tested and counted in the one correction only when both arms ran.
 FAMILY_CLAIMS = (
     ("Cerebral GRU beats a single GRU", "cerebral-gru", "gru", False),
     ("three paths beat two (Cerebral LSTM, K = 3 vs K = 2)", "cerebral-k3", "cerebral", False),
