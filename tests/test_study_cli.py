@@ -254,3 +254,25 @@ def test_runs_of_the_previous_version_still_resume():
     assert RU.same_spec(old, asdict(spec))
     assert not RU.same_spec(old, asdict(RU.RunSpec.make("final", "lstm", 0, {"lr": 0.003,
                                                                              "recurrent_dropout": 0.1})))
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--input-dropout", "1.0", "expected a probability in [0, 1), got 1.0"),
+    ("--recurrent-dropout", "-0.1", "expected a probability in [0, 1), got -0.1"),
+    ("--weight-decay", "x", "expected a number >= 0, got 'x'"),
+    ("--weight-decay-range", "1e-2,1e-3", "expected LOW,HIGH with 0 < LOW < HIGH"),
+])
+def test_bad_regularisation_flags_name_the_flag(flag, value, message, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reproduce", flag, value])
+    err = capsys.readouterr().err
+    assert flag in err and message in err
+
+
+def test_a_storage_that_cannot_be_opened_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "st"
+    with pytest.raises(SystemExit) as e:
+        run_cli(*ADDING, "--jobs", "1", "--seeds", "1", "--models", "lstm", "--epochs", "1", "--tune", "1",
+                "--storage", "nosuchdb://x", "--out", str(out))
+    assert e.value.code == 2 and "--storage: cannot open 'nosuchdb://x'" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()  # nothing was written or trained

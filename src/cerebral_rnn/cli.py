@@ -96,16 +96,17 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
-def _float_parser(positive: bool):
-    """argparse type: a finite float, > 0 if ``positive`` else >= 0."""
-    expected = "a positive number" if positive else "a number >= 0"
+def _float_parser(positive: bool, below: float | None = None, expected: str | None = None):
+    """argparse type: a finite float, > 0 if ``positive`` else >= 0, and < ``below`` when given."""
+    expected = expected or ("a positive number" if positive else "a number >= 0")
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        if (not math.isfinite(value) or value < 0 or (positive and value == 0)
+                or (below is not None and value >= below)):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
         return value
 
@@ -114,6 +115,7 @@ def _float_parser(positive: bool):
 
 _positive_float = _float_parser(positive=True)
 _nonnegative_float = _float_parser(positive=False)
+_dropout = _float_parser(positive=False, below=1.0, expected="a probability in [0, 1)")
 
 
 def _seeds(text: str):
@@ -142,16 +144,6 @@ def _seeds(text: str):
     if any(s < 0 for s in out) or len(set(out)) != len(out):
         raise argparse.ArgumentTypeError(f"expected distinct seeds >= 0, got {text!r}")
     return out
-
-
-def _dropout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text}")
-    return value
 
 
 def _lr_range(text: str) -> tuple[float, float]:
@@ -420,8 +412,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.dry_run and args.report_only:
         raise ValueError("--dry-run and --report-only: choose one")
     cfg = _manifest_config(args.out) if args.report_only else reproduce_config(args)
-    if args.report_only:
-        cfg["executor"], cfg["jobs"] = "local", 1
     from cerebral_rnn.study.reproduce import StopRequested, reproduce
 
     mode = "plan" if args.dry_run else "report" if args.report_only else "run"

@@ -190,6 +190,7 @@ def _check_config(cfg: dict) -> tuple[Task, list[str], list[int]]:
         if not (0 < lo < hi):
             raise ValueError(f"--lr-range: expected 0 < LOW < HIGH, got {lo},{hi}")
         _tuner.check_installed()
+        _tuner.check_storage(cfg.get("storage"))
     for key in ("input_dropout", "output_dropout"):
         _model.check_dropout(cfg.get(key, 0.0), "--" + key.replace("_", "-"))
     if (cfg.get("executor") or "local") == "ray":
@@ -210,6 +211,8 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
     from . import report as _report
 
     t_start = time.perf_counter()
+    if report_only:  # nothing trains: one process reads every run (worker processes would train what is unfinished)
+        cfg = {**cfg, "executor": "local", "jobs": 1}
     task, arms, seeds = _check_config(cfg)
     dist = setup_distributed(cfg["device"])
     if cfg["batch_size"] % dist.world:

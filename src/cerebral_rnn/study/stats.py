@@ -125,20 +125,25 @@ def tost_p(values: list[float], delta: float) -> float:
     return float(DescrStatsW(values).ttost_mean(-delta, delta)[0])
 
 
-def _standardised_effect(n: int, alpha_one_sided: float, power: float) -> float | None:
-    """The effect (in sd units) a one-sided t-test at ``alpha_one_sided`` detects with ``power`` at n."""
-    if n < 2:
-        return None
+def _solve_power(**unknown_and_given) -> float:
+    """statsmodels' ``TTestPower().solve_power`` for a one-sided ("larger") test; NaN where its root finder
+    gives up."""
     from statsmodels.stats.power import TTestPower
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            es = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha_one_sided, power=power,
-                                          alternative="larger")
-        except Exception:  # noqa: BLE001 - statsmodels' root finder gives up: treat as unreachable
-            return None
-    es = float(es if not hasattr(es, "__len__") else es[0])
+            value = TTestPower().solve_power(alternative="larger", **unknown_and_given)
+        except Exception:  # noqa: BLE001 - statsmodels' root finder gives up: no answer
+            return math.nan
+    return float(value if not hasattr(value, "__len__") else value[0])
+
+
+def _standardised_effect(n: int, alpha_one_sided: float, power: float) -> float | None:
+    """The effect (in sd units) a one-sided t-test at ``alpha_one_sided`` detects with ``power`` at n."""
+    if n < 2:
+        return None
+    es = _solve_power(effect_size=None, nobs=n, alpha=alpha_one_sided, power=power)
     return es if math.isfinite(es) and es > 0 else None
 
 
@@ -146,16 +151,7 @@ def _nobs(effect: float, alpha_one_sided: float, power: float) -> int | None:
     """Paired seeds for a one-sided t-test at ``alpha_one_sided`` to detect ``effect`` (sd units)."""
     if not (effect > 0 and math.isfinite(effect)):
         return None
-    from statsmodels.stats.power import TTestPower
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            n = TTestPower().solve_power(effect_size=effect, nobs=None, alpha=alpha_one_sided, power=power,
-                                         alternative="larger")
-        except Exception:  # noqa: BLE001
-            return SEEDS_CAP + 1
-    n = float(n if not hasattr(n, "__len__") else n[0])
+    n = _solve_power(effect_size=effect, nobs=None, alpha=alpha_one_sided, power=power)
     if not math.isfinite(n) or n > SEEDS_CAP:
         return SEEDS_CAP + 1
     return max(2, math.ceil(n))

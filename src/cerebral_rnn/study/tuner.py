@@ -111,6 +111,17 @@ def check_installed() -> None:
     _optuna()
 
 
+def check_storage(url: str | None) -> None:
+    """``--storage``: ValueError naming it when the database cannot be opened (checked before any training)."""
+    if not url:
+        return
+    optuna = _optuna()
+    try:
+        optuna.storages.RDBStorage(url)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds: all mean "cannot open"
+        raise ValueError(f"--storage: cannot open {url!r} ({type(e).__name__}: {e})") from None
+
+
 def trial_settings(arms: list[str], cfg: dict, out: str, fp: str, ask: bool = True) -> dict[str, list[dict]]:
     """For every arm, its ``cfg["tune"]`` trials: {"trial", "seed", "lr", "input_dropout", "output_dropout",
     "weight_decay", "forget_bias"} (settings not in the search space take cfg's fixed values). Trials already
