@@ -232,7 +232,7 @@ class _RNNBase(nn.Module):
             ln = self._ln_params(layer, d) if regs.layer_norm else None
             if ln is not None and cast is not None:
                 ln = tuple(t if t is None else t.to(cast) for t in ln)
-            h_mask = m.h if m is not None and m.h is not None else None
+            h_mask = m.h if m is not None else None
             if h_mask is not None and cast is not None:
                 h_mask = h_mask.to(cast)
             out.append(StepRegs(h_mask, m.zone_h if m is not None else None, m.zone_c if m is not None else None,
@@ -595,6 +595,8 @@ class CerebralLSTM(_CerebralBase):
         forget_bias: optional forget-gate bias of every path.
         backend: ``"auto"`` (default) or a name from :func:`cerebral_rnn.backends.available_backends`. The
             backend that ran the last forward is in :attr:`last_backend`.
+        weight_dropout, recurrent_dropout, zoneout, layer_norm, paths_share_masks: the regularisers, off by
+            default (:mod:`cerebral_rnn.regularise`; the other layer classes take them too).
 
     Inputs: ``input`` (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a PackedSequence;
     ``(h_0, c_0)``: ``h_0`` (D*num_layers, N, H_out), ``c_0`` (D*num_layers, N, K*H) or (D*num_layers, N, H)
