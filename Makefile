@@ -9,11 +9,16 @@ CPU_TESTS := tests $(patsubst %,--ignore=%,$(wildcard tests/test_study*.py)) --i
 
 AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
-.PHONY: run test test-avx2 test-generic bench lint clean
+.PHONY: run test test-avx2 test-generic wheel-check bench lint clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The install compiles the native backend's kernels (setup.py: one module per x86-64 level, about 3 minutes on
+# 2 cores), against the torch installed first (--no-build-isolation).
+NATIVE_SRC := setup.py src/cerebral_rnn/backends/_build.py src/cerebral_rnn/backends/native_kernels.cpp
+
+$(STAMP): pyproject.toml constraints.txt $(NATIVE_SRC)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,study]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch numpy ninja 'setuptools>=70.1'
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-build-isolation -e '.[dev,study]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -36,6 +41,11 @@ test-avx2: $(STAMP)
 # symmetry tests on it, with torch's own kernels at their DEFAULT capability too.
 test-generic: $(STAMP)
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_symmetry.py
+
+# `pip wheel .` from this checkout, installed into a fresh environment whose PATH has no compiler and no ninja:
+# the native backend must run from its first call (a few minutes: the wheel compiles every variant).
+wheel-check: $(STAMP)
+	bash .ci/wheel-check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py

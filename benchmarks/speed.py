@@ -55,8 +55,8 @@ The JSON report (``"schema": 2``)::
     machine   cpu_model, cpu_vendor, cpu_id (family/model/stepping),
               isa_flags {avx2, avx512f, avx512_bf16, amx}, cpu_capability,
               env {ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, DNNL_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS,
-              OMP_NUM_THREADS, MKL_NUM_THREADS, CEREBRAL_RNN_NATIVE}, native {ready, unavailable_reason, build_target,
-              load_seconds} (null on CUDA), threads, interop_threads, cpu_count, cpus_available, memory_bytes,
+              OMP_NUM_THREADS, MKL_NUM_THREADS, CEREBRAL_RNN_NATIVE}, native {ready, unavailable_reason,
+              build_target, origin, load_seconds} (null on CUDA), threads, interop_threads, cpu_count, cpus_available, memory_bytes,
               mkldnn, torch, python, os, machine, load_average_start, load_average_end (1/5/15 min),
               gpu {name, memory_bytes, capability, cuda, cudnn} (null on the CPU)
     settings  runs, repeats, quick, models, shapes, statistic, baseline, memory_method
@@ -82,10 +82,10 @@ Usage::
     # the AVX2 code paths on an AVX-512 machine: bench-results/speed-cpu-avx2.json
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/speed.py
 
-(``ATEN_CPU_CAPABILITY`` lowers torch's own kernels and, through it, the ``native`` backend's build, which
+(``ATEN_CPU_CAPABILITY`` lowers torch's own kernels and, through it, the ``native`` backend's variant, which
 follows torch's capability: x86-64-v3 for AVX2; ``ONEDNN_MAX_CPU_ISA`` lowers oneDNN's, ``MKL_ENABLE_INSTRUCTIONS``
-MKL's GEMMs, which would otherwise stay on AVX-512. The record shows the native build's target, its
-``BUILD_TARGET``.)
+MKL's GEMMs, which would otherwise stay on AVX-512. The record shows the native variant's target,
+``BUILD_TARGET``, and which module ran, ``BUILD_ORIGIN``: the one installed, or a build on first use.)
 """
 
 from __future__ import annotations
@@ -533,7 +533,7 @@ def _native_build() -> dict:
     if callable(target):
         target = target()
     return {"ready": status is None, "unavailable_reason": status, "build_target": target,
-            "load_seconds": getattr(native, "BUILD_SECONDS", None)}
+            "origin": getattr(native, "BUILD_ORIGIN", None), "load_seconds": getattr(native, "BUILD_SECONDS", None)}
 
 
 def _load_average() -> list[float] | None:

@@ -118,17 +118,15 @@ def documented_refusals(backend: str, m, inp, hx=None) -> list[str]:
     """The cases that ``backend``'s own documentation says it does not compute and that the eager call
     ``m(inp, hx)`` of Cerebral layer ``m`` falls in, worked out from the call (never from the backend's answer).
 
-    From the module docstrings of ``cerebral_rnn/backends/native.py``, ``fused.py`` and ``lstm2h.py``:
+    From the module docstrings of ``cerebral_rnn/backends/native.py`` and ``lstm2h.py``:
 
     * ``native``: LSTM (without ``proj_size``), peephole LSTM and GRU layers of any number of paths, identical
       paths included; CPU, float32 and float64, dense input. An empty batch and parameters or states in another
       dtype than the input are not documented either way: counted as refusable.
-    * ``fused``: the two-path LSTM without ``proj_size``; CPU, float32 and float64, dense input; not identical
-      paths.
     * ``lstm2h``: LSTM layers of any number of paths, ``proj_size`` and packed input included, on the CPU and
       CUDA; not identical paths, and not a dtype torch's LSTM kernel cannot run on this machine (only float32
       and float64 are taken as surely runnable).
-    * every compiled backend (all three): not a layer with recurrent dropout, zoneout or layer norm on (the module
+    * both compiled backends: not a layer with recurrent dropout, zoneout or layer norm on (the module
       docstring of ``cerebral_rnn/regularise.py``: only the reference loop runs them; weight dropout runs
       everywhere).
 
@@ -142,7 +140,7 @@ def documented_refusals(backend: str, m, inp, hx=None) -> list[str]:
         batch = int(inp.batch_sizes[0]) if len(inp.batch_sizes) else 0
     else:
         batch = 1 if x.dim() == 2 else x.shape[0 if m.batch_first else 1]
-    kind, K, proj = m.kind_name, m.num_paths, m.proj_size
+    kind, proj = m.kind_name, m.proj_size
     mixed = any(t.dtype != x.dtype or t.device != x.device for t in [*m.parameters(), *states])
     dense_cpu = [
         ("packed input", packed),
@@ -151,13 +149,11 @@ def documented_refusals(backend: str, m, inp, hx=None) -> list[str]:
         ("parameters or states not in the input's dtype and device", mixed),
     ]
     if backend == "native":
-        cases = [(f"kind {kind!r}", kind not in ("lstm", "peephole", "gru")), ("proj_size", bool(proj)),
+        cases = [(f"kind {kind!r}", kind not in ("cerebral", "cerebral-peephole", "cerebral-gru")),
+                 ("proj_size", bool(proj)),
                  *dense_cpu, ("an empty batch", batch == 0)]
-    elif backend == "fused":
-        cases = [(f"a {K}-path {kind!r} layer{' with proj_size' if proj else ''}",
-                  kind != "lstm" or K != 2 or bool(proj)), *dense_cpu, ("identical paths", _paths_identical(m))]
     elif backend == "lstm2h":
-        cases = [(f"kind {kind!r}", kind != "lstm"),
+        cases = [(f"kind {kind!r}", kind != "cerebral"),
                  (f"device {x.device}", x.device.type not in ("cpu", "cuda")),
                  (f"dtype {x.dtype}", x.dtype not in DENSE_DTYPES), ("identical paths", _paths_identical(m))]
     else:

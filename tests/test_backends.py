@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_states
+from helpers import random_states, skip_unless_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cerebral_rnn import CerebralLSTM
-from cerebral_rnn.backends import (
-    BACKENDS,
-    FUSED_MIN_WORK_INFER,
-    FUSED_MIN_WORK_TRAIN,
-    available_backends,
-    fused,
-    lstm2h,
-)
+from cerebral_rnn.backends import BACKENDS, available_backends, lstm2h, native
 from cerebral_rnn.kinds import KINDS
 from cerebral_rnn.layout import DirectionWeights, LayerSpec
 
-FAST = ["lstm2h", "fused"]
+FAST = ["lstm2h"]  # native: tests/test_native.py
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -149,9 +142,10 @@ def test_frozen_parameters_and_input_without_grad():
     m(x)[0].pow(2).sum().backward()
     want = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
     m.zero_grad(set_to_none=True)
-    m.backend = "fused"
+    skip_unless_native()
+    m.backend = "native"
     m(x)[0].pow(2).sum().backward()
-    assert m.last_backend == "fused"
+    assert m.last_backend == "native"
     for n, p in m.named_parameters():
         if p.requires_grad:
             assert_rel({n: p.grad}, {n: want[n]}, 1e-5)
@@ -159,14 +153,15 @@ def test_frozen_parameters_and_input_without_grad():
             assert p.grad is None
 
 
-def test_fused_backward_twice_with_retain_graph():
+def test_native_backward_twice_with_retain_graph():
+    skip_unless_native()
     m = make()
     x = torch.randn(8, 16, 5)
     m.backend = "reference"
     m(x)[0].sum().backward()
     want = m.weight_hh_l0.grad.clone()
     m.zero_grad(set_to_none=True)
-    m.backend = "fused"
+    m.backend = "native"
     y = m(x)[0].sum()
     y.backward(retain_graph=True)
     y.backward()
@@ -247,11 +242,6 @@ def test_property_all_backends_match_reference(T, B, I, H, num_layers, bidirecti
     hx = states(m, B, seed) if with_state else None
     want = run(m, "reference", x, hx, lengths)
     for backend in ["auto", *FAST]:
-        refused = backend == "fused" and packed
-        if refused:
-            with pytest.raises(ValueError, match="cannot run this input"):
-                run(m, backend, x, hx, lengths)
-            continue
         got = run(m, backend, x, hx, lengths)
         assert_rel(got, want, 1e-9)
 
@@ -268,19 +258,14 @@ def no_native(monkeypatch):
     monkeypatch.setattr(BACKENDS["native"], "supports", lambda *args: "not built")
 
 
-def test_auto_picks_by_work_per_step_on_cpu(no_native):
-    H = 64
-    m = make(hidden_size=H)
-    b_train, b_infer = FUSED_MIN_WORK_TRAIN // H, FUSED_MIN_WORK_INFER // H
-    m(torch.randn(2, b_train, 5))
-    assert m.last_backend == "fused"
-    m(torch.randn(2, b_train - 1, 5))
+@pytest.mark.parametrize("B", [1, 256])
+def test_auto_without_native_runs_the_vendor_kernel_on_cpu(no_native, B):
+    m = make(hidden_size=64)
+    m(torch.randn(2, B, 5))
     assert m.last_backend == "lstm2h"
-    with torch.no_grad():  # inference: the same rule by work, with another threshold
-        m(torch.randn(2, b_train, 5))
-        assert m.last_backend == "lstm2h"
-        m(torch.randn(2, b_infer, 5))
-        assert m.last_backend == "fused"
+    with torch.no_grad():
+        m(torch.randn(2, B, 5))
+    assert m.last_backend == "lstm2h"
 
 
 @pytest.mark.parametrize("H", [16, 6])
@@ -292,12 +277,6 @@ def test_auto_runs_packed_input_through_the_vendor_kernel(H):
     got = run(m, "auto", x, packed_lengths=lengths)
     assert got["backend"] == "lstm2h"
     assert_rel(got, want, 1e-5)
-
-
-def test_distinct_paths_run_fused_at_any_hidden_size(no_native):
-    m = make(hidden_size=24)
-    m(torch.randn(2, 256, 5))  # 256 x 24 is enough work for "fused"; 24 is not a multiple of the SIMD width
-    assert m.last_backend == "fused"
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -314,12 +293,12 @@ def test_backends_that_interleave_paths_refuse_identical_paths(backend):
 @pytest.mark.parametrize("packed", [False, True])
 def test_auto_keeps_identical_paths_bitwise_identical(packed):
     """With init="identical" the upper and lower gradients are equal, bit for bit."""
-    H, B = 16, 256  # enough work for "fused" (dense); "lstm2h" would take packed input
+    H, B = 16, 256  # "native" takes dense input (if built), "lstm2h" would take packed input
     m = make(hidden_size=H, num_layers=2, bidirectional=True, init="identical")
     x = torch.randn(5, B, 5)
     inp = pack_padded_sequence(x, torch.randint(1, 6, (B,)), enforce_sorted=False) if packed else x
     out, (_, c_n) = m(inp)
-    assert m.last_backend not in ("lstm2h", "fused")
+    assert m.last_backend != "lstm2h"
     y = pad_packed_sequence(out)[0] if packed else out
     ((y * torch.randn(y.shape)).sum() + c_n.square().sum()).backward()  # a loss symmetric in the paths
     for name, p in m.named_parameters():
@@ -329,17 +308,17 @@ def test_auto_keeps_identical_paths_bitwise_identical(packed):
 
 def test_auto_float64_is_exact(no_native):
     m = make(hidden_size=16, dtype=torch.float64, num_layers=2)
-    x = torch.randn(4, FUSED_MIN_WORK_TRAIN // 16, 5, dtype=torch.float64)
+    x = torch.randn(4, 256, 5, dtype=torch.float64)
     want = run(m, "reference", x)
     got = run(m, "auto", x)
-    assert got["backend"] == "fused"
+    assert got["backend"] == "lstm2h"
     assert_rel(got, want, 1e-12)
 
 
 def test_auto_float16_and_autocast_run_where_the_kernels_can():
-    """float16 and CPU autocast never reach "fused" (float32/64 only); they run wherever torch's LSTM kernel
+    """float16 and CPU autocast never reach "native" (float32/64 only); they run wherever torch's LSTM kernel
     can run them on this CPU (a one-time probe), else on the reference loop -- never a oneDNN error."""
-    B = FUSED_MIN_WORK_TRAIN // 64  # float32 would run "fused" here
+    B = 64
     m = make(hidden_size=64, dtype=torch.float16)
     x = torch.randn(2, B, 5)
     m(x.half())
@@ -349,7 +328,7 @@ def test_auto_float16_and_autocast_run_where_the_kernels_can():
         y, _ = m(x)
     assert y.dtype == torch.bfloat16 and m.last_backend in ("lstm2h", "reference")
     m(x)
-    assert m.last_backend in ("native", "fused")  # "fused" where the C++ extension cannot be built
+    assert m.last_backend == ("native" if native.available() else "lstm2h")
 
 
 def test_auto_falls_back_to_reference_where_nothing_else_runs():
@@ -360,14 +339,14 @@ def test_auto_falls_back_to_reference_where_nothing_else_runs():
 
 
 def test_explicit_backend_that_cannot_run_raises():
-    m = make(backend="fused")
+    m = make(backend="native")
     x = pack_padded_sequence(torch.randn(4, 3, 5), [4, 2, 1])
-    with pytest.raises(ValueError, match="backend='fused'.*packed"):
+    with pytest.raises(ValueError, match="backend='native'.*packed"):
         m(x)
 
 
 def test_backend_names():
-    assert set(available_backends()) == {"auto", "reference", "lstm2h", "fused", "native"}
+    assert set(available_backends()) == {"auto", "reference", "lstm2h", "native"}
     assert "lstm2h" not in available_backends("gru")
     with pytest.raises(ValueError, match="lstm2h"):
         CerebralLSTM(3, 4, backend="cudnn")
@@ -382,14 +361,6 @@ def test_backends_share_state_dict():
         run(m, backend, torch.randn(4, 16, 5))
         assert m.state_dict().keys() == keys.keys()
         assert all(torch.equal(m.state_dict()[k], v) for k, v in keys.items())
-
-
-def test_fused_gate_order_is_a_permutation():
-    order, scale = fused.fused_gate_order(3)
-    assert sorted(order.tolist()) == list(range(24))
-    assert order[:3].tolist() == [9, 10, 11]  # upper o first
-    assert order[12:15].tolist() == [21, 22, 23]  # then lower o
-    assert scale.tolist() == ([1.0] * 9 + [2.0] * 3) * 2  # candidate rows g of each path
 
 
 # ------------------------------------------------------------------------------------------------------------

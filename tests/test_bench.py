@@ -22,7 +22,7 @@ ALL_MODELS = {"cerebral-auto", "cerebral-k3-auto", "cerebral-peephole-auto", "ce
 # the regularised layers, opt-in (--models): each against cerebral-auto, the same layer unregularised
 REGULARISED_MODELS = {"cerebral-weight-dropout", "cerebral-recurrent-dropout", "cerebral-zoneout",
                       "cerebral-layer-norm"}
-CEREBRAL_BACKENDS = {"reference", "lstm2h", "fused", "native"}  # a new backend name: add it here
+CEREBRAL_BACKENDS = {"reference", "lstm2h", "native"}  # a new backend name: add it here
 MACHINE_KEYS = {"cpu_model", "cpu_vendor", "cpu_id", "isa_flags", "cpu_capability", "env", "native",
                 "threads", "interop_threads", "cpu_count", "cpus_available", "memory_bytes", "mkldnn",
                 "torch", "python", "os", "machine", "load_average_start", "load_average_end", "gpu"}
@@ -117,7 +117,7 @@ def test_quick_report(quick):
     assert machine["cpu_model"] and machine["threads"] == 1 and machine["torch"]
     assert set(machine["isa_flags"]) == {"avx2", "avx512f", "avx512_bf16", "amx"}
     assert {"ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"} <= set(machine["env"])
-    assert set(machine["native"]) == {"ready", "unavailable_reason", "build_target", "load_seconds"}
+    assert set(machine["native"]) == {"ready", "unavailable_reason", "build_target", "origin", "load_seconds"}
     assert machine["load_average_end"] is None or len(machine["load_average_end"]) == 3
 
     settings = data["settings"]

@@ -3,7 +3,7 @@
 Every kind (CerebralLSTM, CerebralPeepholeLSTM, CerebralGRU) x K in {1, 2, 3} x a covering set of forms
 (layers 1/2, bidirectional, batch_first, unbatched, packed sorted/unsorted, with/without initial state, with/
 without bias, proj_size for the LSTM kind), through ``backend="auto"``, ``"reference"`` and every named backend
-of ``available_backends(kind)``: outputs, final states and every gradient (input, initial states, every
+of ``available_backends(CLASSES[kind])``: outputs, final states and every gradient (input, initial states, every
 parameter), the oracle differentiated by autograd. A named backend may refuse a case (ValueError "cannot run
 this input"): that case is skipped with the backend's reason (under CEREBRAL_RNN_REQUIRE_NATIVE=1 it fails where
 the backend's documentation says it computes the case: tests/helpers.py).
@@ -61,10 +61,10 @@ def form_id(form):
 
 
 def cases():
-    for kind in CLASSES:
+    for kind, cls in CLASSES.items():
         for K in (1, 2, 3):
             for form in FORMS + (PROJ_FORMS if kind == "lstm" else []):
-                for backend in dict.fromkeys(["auto", "reference", *available_backends(kind)]):
+                for backend in dict.fromkeys(["auto", "reference", *available_backends(cls)]):
                     yield pytest.param(kind, K, form, backend, id=f"{kind}-K{K}-{form_id(form)}-{backend}")
 
 
@@ -198,12 +198,12 @@ INFER_FORMS = [FORMS[0], FORMS[1], FORMS[3], FORMS[5], PROJ_FORMS[1]]
 def infer_cases():
     """Float64 everywhere; float32 (to 2e-5) for the backends with kernels of their own (native's vectorised
     exp...) and "auto"."""
-    for kind in CLASSES:
+    for kind, cls in CLASSES.items():
         for K in (1, 2, 3):
             for form in INFER_FORMS:
                 if form[5] and kind != "lstm":
                     continue
-                for backend in dict.fromkeys(["auto", "reference", *available_backends(kind)]):
+                for backend in dict.fromkeys(["auto", "reference", *available_backends(cls)]):
                     for dtype, tol, name in ((F64, TOL, "f64"), (torch.float32, 2e-5, "f32")):
                         if dtype == torch.float32 and backend == "reference":
                             continue
@@ -295,11 +295,11 @@ def test_hidden_size_one_and_long_sequence(kind, gen):
        lengths_seed=st.integers(0, 2**16), backend_index=st.integers(0, 4))
 def test_random_shapes_match_oracle(kind, K, T, I, H, L, bidirectional, packed, lengths_seed, backend_index):
     """Any sizes (H = 1, T = 1, a gate block narrower or wider than a SIMD lane): values through one backend of
-    ``available_backends(kind)`` without autograd (where "native" runs; ``"reference"`` when the named one
+    ``available_backends(CLASSES[kind])`` without autograd (where "native" runs; ``"reference"`` when the named one
     refuses the case, as documented), then values and the input's gradient through ``"auto"``."""
     gen = torch.Generator().manual_seed(lengths_seed)
     B, D = 3, 2 if bidirectional else 1
-    names = available_backends(kind)
+    names = available_backends(CLASSES[kind])
     backend = names[backend_index % len(names)]
     layers = random_layers(kind, K, I, H, L, D, gen)
     m = CLASSES[kind](I, H, L, bidirectional=bidirectional, num_paths=K, dtype=F64, backend=backend)

@@ -5,7 +5,7 @@ every gradient against tests/family_oracle.py's step functions (float64, differe
 and unbatched, with and without a state, a cell state of H features, without bias.
 
 gradcheck: every kind's cell and layer, float64, a dense layer and a packed bidirectional 2-layer one, through
-``"auto"`` and every named backend of ``available_backends(kind)`` that runs the case (the hand-written
+``"auto"`` and every named backend of ``available_backends(LAYERS[kind])`` that runs the case (the hand-written
 backwards included).
 """
 
@@ -151,7 +151,7 @@ def test_cell_gradcheck(kind, K):
 def layer_gradcheck_cases():
     for kind in LAYERS:
         for K, packed in ((2, False), (3, True)):
-            for backend in dict.fromkeys(["auto", "reference", *available_backends(kind)]):
+            for backend in dict.fromkeys(["auto", "reference", *available_backends(LAYERS[kind])]):
                 yield pytest.param(kind, K, packed, backend,
                                    id=f"{kind}-K{K}-{'packed-bi-2layer' if packed else 'dense-bi'}-{backend}")
 

@@ -151,7 +151,7 @@ def compare_with_torch(ours, ref, mode, gen, with_state=True):
 MODES = ["batched", "batch_first", "packed", "unbatched"]
 
 
-@pytest.mark.parametrize("backend", available_backends("lstm"))
+@pytest.mark.parametrize("backend", available_backends(CerebralLSTM))
 @pytest.mark.parametrize("num_layers,bidirectional,proj", [(1, False, 0), (2, True, 0), (1, False, P),
                                                            (2, True, P)])
 @pytest.mark.parametrize("mode", MODES)
@@ -175,7 +175,7 @@ def test_k1_lstm_without_state_and_bias_float32(bias, gen):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("backend", available_backends("gru"))
+@pytest.mark.parametrize("backend", available_backends(CerebralGRU))
 @pytest.mark.parametrize("num_layers,bidirectional,bias", [(1, False, True), (2, True, True), (2, True, False)])
 @pytest.mark.parametrize("mode", MODES)
 def test_k1_gru_is_torch_gru(backend, num_layers, bidirectional, bias, mode, gen):
@@ -197,7 +197,7 @@ def first_path_state_dict(m) -> dict:
 
 
 @pytest.mark.parametrize("K", [2, 3])
-@pytest.mark.parametrize("backend", available_backends("gru"))
+@pytest.mark.parametrize("backend", available_backends(CerebralGRU))
 @pytest.mark.parametrize("mode", ["batched", "packed", "unbatched"])
 @pytest.mark.parametrize("dtype,tol", [(F64, TOL), (torch.float32, 1e-6)], ids=["f64", "f32"])
 def test_identical_path_gru_is_torch_gru(K, backend, mode, dtype, tol, gen):

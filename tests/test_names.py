@@ -49,17 +49,72 @@ def test_a_bad_backend_attribute_is_a_value_error_naming_it(cls):
 def test_one_path_layers_list_what_they_accept():
     for cls in (RNN, LSTM, GRU):
         assert available_backends(cls) == ["auto", "torch", "reference"]
+        assert available_backends(cls.KIND) == available_backends(cls)  # the kind's name means its class
         with pytest.raises(ValueError, match="native"):
             cls(4, 6, backend="native")
-    assert available_backends(CerebralLSTM) == available_backends("lstm")
-    assert available_backends(CerebralGRU(4, 6)) == available_backends("gru")
+    assert available_backends("lstm") == ["auto", "torch", "reference"]
+    assert available_backends(CerebralLSTM) == available_backends("cerebral") == ["auto", "reference", "lstm2h",
+                                                                                 "native"]
+    assert available_backends(CerebralGRU(4, 6)) == available_backends("cerebral-gru") == ["auto", "reference",
+                                                                                          "native"]
 
 
 def test_unknown_kind_names_are_refused():
-    with pytest.raises(ValueError, match=r"kind: expected one of \['lstm', 'peephole', 'gru'"):
-        available_backends("cerebral")
+    with pytest.raises(ValueError, match=r"kind: expected one of \['rnn', 'lstm', 'gru', 'cerebral', "
+                                         r"'cerebral-peephole', 'cerebral-gru'\].*got 'peephole'"):
+        available_backends("peephole")
     with pytest.raises(TypeError, match="kind"):
         available_backends(torch.nn.LSTM)
+
+
+# the one name of each kind, written out here: the layer and cell classes, StackedRNN, the backends' kinds and
+# the study's arms must all use these
+NAMES = {"rnn": (RNN, "RNNCell"), "lstm": (LSTM, "LSTMCell"), "gru": (GRU, "GRUCell"),
+         "cerebral": (CerebralLSTM, "CerebralLSTMCell"),
+         "cerebral-peephole": (CerebralPeepholeLSTM, "CerebralPeepholeLSTMCell"),
+         "cerebral-gru": (CerebralGRU, "CerebralGRUCell")}
+
+
+def test_one_name_per_kind_everywhere():
+    import cerebral_rnn
+    from cerebral_rnn.backends import BACKENDS
+    from cerebral_rnn.kinds import KINDS
+    from cerebral_rnn.stack import LAYER_KINDS
+    from cerebral_rnn.study.arms import ARMS
+
+    assert list(KINDS) == list(NAMES) == list(LAYER_KINDS)
+    for name, (cls, cell) in NAMES.items():
+        assert KINDS[name].name == name and cls.KIND == name and LAYER_KINDS[name] is cls
+        assert cls(3, 4).kind_name == name and getattr(cerebral_rnn, cell)(3, 4).kind_name == name
+        assert cerebral_rnn.StackedRNN(3).add_layer(name, 4).layers[0].kind_name == name
+    assert BACKENDS["native"].kinds == ("cerebral", "cerebral-peephole", "cerebral-gru")
+    assert BACKENDS["lstm2h"].kinds == ("cerebral",)
+    for arm in ARMS.values():
+        assert arm.kind in NAMES, arm.name
+        if arm.name in NAMES:
+            assert arm.kind == arm.name
+
+
+@pytest.mark.parametrize("cls", [CerebralLSTM, CerebralPeepholeLSTM, CerebralGRU], ids=lambda c: c.__name__)
+def test_widths_come_from_the_kind(cls):
+    m = cls(3, 5, num_paths=3)
+    G = {"cerebral": 4, "cerebral-peephole": 4, "cerebral-gru": 3}[cls.KIND]
+    assert m.weight_hh_l0.shape == (3 * G * 5, 5)
+    if cls is CerebralPeepholeLSTM:
+        assert m.peephole_l0.shape == (3 * 3 * 5,)  # w_ci, w_cf, w_co per path
+
+
+def test_a_module_pickled_with_an_earlier_kind_name_loads_with_the_one_name():
+    m = CerebralGRU(4, 6)
+    m.__dict__["kind_name"] = "gru"  # what earlier versions stored on the instance
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    with torch.serialization.safe_globals([CerebralGRU]):
+        loaded = torch.load(buf, weights_only=True)
+    assert loaded.kind_name == "cerebral-gru" and loaded.kind.name == "cerebral-gru"
+    x = torch.randn(3, 2, 4)
+    assert torch.equal(m(x)[0], loaded(x)[0])
 
 
 @pytest.mark.parametrize("make", [lambda: CerebralLSTM(4, 6), lambda: CerebralGRU(4, 6, num_paths=3),

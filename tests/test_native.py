@@ -377,6 +377,7 @@ def test_auto_picks_native_for_training_and_inference(B):
 def test_build_failure_falls_back(monkeypatch):
     monkeypatch.setattr(native, "_EXT", None)
     monkeypatch.setattr(native, "_ERROR", "the C++ extension could not be built: no compiler")
+    monkeypatch.setattr(native, "_WARNED", True)  # the warning itself: test_native_build.py
     m = make("lstm", hidden_size=16)
     x = torch.randn(2, 3, 4)
     reason = BACKENDS["native"].supports(m.spec, x, None, m.layer_weights(0), (torch.zeros(1, 3, 16),) * 2)

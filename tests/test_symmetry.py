@@ -76,11 +76,11 @@ def train_and_check(m, paths: int, H: int, B: int, lengths_gen, steps: int = 20)
         assert paths_equal(c.detach().movedim(-1, 0), paths)
 
 
-# The backends that run identical paths: auto, reference, and native on dense input. lstm2h and fused refuse
+# The backends that run identical paths: auto, reference, and native on dense input. lstm2h refuses
 # them (their shared kernels may round the paths differently) and native refuses packed input: both tested below.
 RUNS = [(kind, paths, H, backend, packed) for kind, paths, H in CASES for packed in (False, True)
         for backend in ("auto", "reference", "native")
-        if backend in available_backends(kind) and not (backend == "native" and packed)]
+        if backend in available_backends(LAYERS[kind]) and not (backend == "native" and packed)]
 
 
 @pytest.mark.parametrize("kind,paths,H,backend,packed", RUNS, ids=lambda v: str(v))
@@ -95,7 +95,7 @@ def test_identical_paths_stay_identical_under_adam(kind, paths, H, backend, pack
     train_and_check(m, paths, H, B, lengths)
 
 
-@pytest.mark.parametrize("backend", ["lstm2h", "fused"])
+@pytest.mark.parametrize("backend", ["lstm2h"])
 @pytest.mark.parametrize("H", [5, 128])
 def test_shared_kernel_backends_refuse_identical_paths(backend, H):
     m = CerebralLSTM(3, H, init="identical", backend=backend)

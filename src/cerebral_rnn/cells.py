@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from . import init as _init
 from ._checks import check_bool, check_cell_input, check_positive_int, check_state
-from .kinds import KINDS, CellKind, paths_step
+from .kinds import KINDS, CellKind, paths_step, rnn_kind
 from .layout import DirectionWeights, LayerSpec, split_paths
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "CerebralLSTMCell", "CerebralPeepholeLSTMCell", "CerebralGRUCell",
@@ -45,12 +45,11 @@ def cell_step(spec: LayerSpec, x: Tensor, h: Tensor, c: Tensor | None, w: Direct
 
 
 class _CellBase(nn.Module):
-    def __init__(self, kind: str, input_size: int, hidden_size: int, bias: bool = True, num_paths: int = 1,
+    KIND: str  # the cell's kind: a key of cerebral_rnn.kinds.KINDS (the kind of the layer it is one step of)
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, num_paths: int = 1,
                  device=None, dtype=None) -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
-        self.kind_name: str = kind  # a plain value: torch.save(model) needs no allowlisted kind object
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_paths = check_positive_int("num_paths", num_paths)
@@ -66,12 +65,24 @@ class _CellBase(nn.Module):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         if self.kind.peephole:
-            self.peephole = nn.Parameter(torch.empty(3 * hidden_size * num_paths, **kw))
+            self.peephole = nn.Parameter(torch.empty(self.kind.peephole_size(hidden_size, num_paths), **kw))
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "qconfig":  # torch.ao.quantization preparing the model: this cell stays float, and says so
+            from .quantization import note_qconfig
+
+            note_qconfig(self, value)
+        super().__setattr__(name, value)
+
+    @property
+    def kind_name(self) -> str:
+        """The cell's kind, a key of :data:`cerebral_rnn.kinds.KINDS` (a class attribute: nothing to pickle)."""
+        return type(self).KIND
 
     @property
     def kind(self) -> CellKind:
-        """The cell kind's description (:data:`cerebral_rnn.kinds.KINDS`)."""
-        return KINDS[self.kind_name]
+        """The kind's description (:data:`cerebral_rnn.kinds.KINDS`)."""
+        return KINDS[self.KIND]
 
     @property
     def spec(self) -> LayerSpec:
@@ -149,13 +160,19 @@ class RNNCell(_CellBase):
     torch.Size([3, 20])
     """
 
+    KIND = "rnn"
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device=None, dtype=None) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, bias, 1, device, dtype)
-        self.nonlinearity = nonlinearity
+        rnn_kind(nonlinearity)  # checks it
+        self.nonlinearity = nonlinearity  # read by ``kind`` while the parameters are made
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
         self.reset_parameters()
+
+    @property
+    def kind(self) -> CellKind:
+        """The ``rnn`` kind with this cell's nonlinearity."""
+        return rnn_kind(self.nonlinearity)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.nonlinearity == "tanh" else ", nonlinearity='relu'")
@@ -181,9 +198,11 @@ class LSTMCell(_CellBase):
     (torch.Size([3, 20]), torch.Size([3, 20]))
     """
 
+    KIND = "lstm"
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  forget_bias: float | None = None) -> None:
-        super().__init__("lstm", input_size, hidden_size, bias, 1, device, dtype)
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
         self.forget_bias = _init.check_forget_bias(forget_bias)
         self.reset_parameters()
 
@@ -196,15 +215,17 @@ class GRUCell(_CellBase):
     torch.Size([3, 20])
     """
 
+    KIND = "gru"
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__("gru", input_size, hidden_size, bias, 1, device, dtype)
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
         self.reset_parameters()
 
 
 class _CerebralCellBase(_CellBase):
-    def __init__(self, kind: str, input_size: int, hidden_size: int, bias: bool, num_paths: int, init: str,
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_paths: int, init: str,
                  forget_bias, device, dtype) -> None:
-        super().__init__(kind, input_size, hidden_size, bias, num_paths, device, dtype)
+        super().__init__(input_size, hidden_size, bias, num_paths, device, dtype)
         self.init = _init.check_scheme(init)
         self.forget_bias = _init.check_forget_bias(forget_bias)
         self.reset_parameters()
@@ -246,9 +267,11 @@ class CerebralLSTMCell(_CerebralCellBase):
     (torch.Size([3, 20]), torch.Size([3, 40]))
     """
 
+    KIND = "cerebral"
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  num_paths: int = 2, init: str = "distinct", forget_bias: float | None = None) -> None:
-        super().__init__("lstm", input_size, hidden_size, bias, num_paths, init, forget_bias, device, dtype)
+        super().__init__(input_size, hidden_size, bias, num_paths, init, forget_bias, device, dtype)
 
 
 class CerebralPeepholeLSTMCell(_CerebralCellBase):
@@ -261,9 +284,11 @@ class CerebralPeepholeLSTMCell(_CerebralCellBase):
     (torch.Size([3, 20]), torch.Size([3, 40]))
     """
 
+    KIND = "cerebral-peephole"
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  num_paths: int = 2, init: str = "distinct", forget_bias: float | None = None) -> None:
-        super().__init__("peephole", input_size, hidden_size, bias, num_paths, init, forget_bias, device, dtype)
+        super().__init__(input_size, hidden_size, bias, num_paths, init, forget_bias, device, dtype)
 
 
 class CerebralGRUCell(_CerebralCellBase):
@@ -276,6 +301,8 @@ class CerebralGRUCell(_CerebralCellBase):
     torch.Size([3, 20])
     """
 
+    KIND = "cerebral-gru"
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  num_paths: int = 2, init: str = "distinct") -> None:
-        super().__init__("gru", input_size, hidden_size, bias, num_paths, init, None, device, dtype)
+        super().__init__(input_size, hidden_size, bias, num_paths, init, None, device, dtype)

@@ -1,4 +1,6 @@
-r"""Cell kinds: one description per kind, read by the cells, the layers, the reference loop and the backends.
+r"""Kinds: one description per kind of recurrent layer, read by the cells, the layers, the reference loop and the
+backends. :data:`KINDS` is the one registry of kind names: ``rnn``, ``lstm``, ``gru`` (torch's layers),
+``cerebral``, ``cerebral-peephole``, ``cerebral-gru`` (K paths).
 
 A *kind* says what one path of a cell computes after its two matrix products, and how the paths are combined.
 Every recurrent layer of the library is ``K = num_paths`` copies of one kind reading the same
@@ -13,24 +15,26 @@ Every recurrent layer of the library is ``K = num_paths`` copies of one kind rea
 
 Storage (every layer, cell and backend uses it): ``weight_ih`` has ``K * gate_blocks * H`` rows, path k's
 block ``[k G H, (k + 1) G H)`` in the kind's gate order; ``weight_hh``, ``bias_ih``, ``bias_hh`` likewise;
-peephole kinds add ``peephole`` (``K * 3 H``: path k's ``w_ci, w_cf, w_co``). Cell kinds carry ``c`` with
+peephole kinds add ``peephole`` (``K * len(peephole_gates) * H``: path k's ``w_ci, w_cf, w_co``). Cell kinds carry ``c`` with
 ``K * H`` features, path k's at ``[k H, (k + 1) H)``.
 
-Adding a kind = one path step function here, one :class:`CellKind` entry in :data:`KINDS`, and its tests; the
-layer classes, :class:`~cerebral_rnn.StackedRNN`, the reference backend and the initialisation read the
-description.
+Adding a kind = one path step function here, one :class:`CellKind` entry in :data:`KINDS`, a layer class named
+by its ``layer`` (a subclass of the Cerebral base with the kind's name as ``KIND``), and its tests; the widths,
+:class:`~cerebral_rnn.StackedRNN`, :func:`~cerebral_rnn.available_backends`, the reference backend and the
+initialisation read the description. The native backend runs the kinds that have a ``native_id`` (its C++
+kernels' number for the kind).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CellKind", "KINDS", "combine", "paths_step", "lstm_path", "peephole_path", "gru_path",
+__all__ = ["CellKind", "KINDS", "rnn_kind", "combine", "paths_step", "lstm_path", "peephole_path", "gru_path",
            "rnn_tanh_path", "rnn_relu_path"]
 
 # step(gx, gh, h, c, peephole) -> (out, c_new); c and c_new are None for kinds without a cell state.
@@ -84,31 +88,64 @@ def rnn_relu_path(gx: Tensor, gh: Tensor, h: Tensor, c: None = None, peephole: N
 
 @dataclass(frozen=True)
 class CellKind:
-    """What one path computes and how K paths combine. See the module docstring for the storage layout."""
+    """One kind of recurrent layer: what one path computes, how K paths combine, and how the library runs it. See
+    the module docstring for the storage layout. Its ``name`` is the kind's one name everywhere: the layer and
+    cell classes, :class:`~cerebral_rnn.StackedRNN`, :func:`~cerebral_rnn.available_backends`, the backends'
+    ``kinds`` and the study's arms."""
 
     name: str
     gates: tuple[str, ...]  # a path's row blocks of weight_ih / weight_hh / biases, in storage order
     step: PathStep  # the reference pointwise step of one path
+    layer: str  # the layer class of cerebral_rnn that runs this kind (its cell class: layer + "Cell")
+    paths: int = 1  # the layer's default number of paths; 1: a one-path layer with torch's contract and kernels
     has_cell: bool = False  # carries a cell state c (H per path)
     combine: str = "sum"  # "sum" or "mean" of the paths' outputs
-    peephole: bool = False  # a per-path (3H,) diagonal peephole parameter
+    peephole_gates: tuple[str, ...] = ()  # the gates with a diagonal peephole weight (per path: H each)
     hh_bias_in_step: bool = False  # b_hh stays inside gh (GRU); else b_ih + b_hh is added to gx
     forget_gate: int | None = None  # index of the forget gate in ``gates`` (forget_bias), if any
     projection: bool = False  # supports proj_size (LSTM kinds)
+    lstm_paths: bool = False  # each path is exactly torch's LSTM (the standard-LSTM identity of ``lstm2h``)
+    native_id: int | None = None  # the kind's number in the native backend's C++ kernels (None: not there)
 
     @property
     def gate_blocks(self) -> int:
         return len(self.gates)
 
+    @property
+    def peephole(self) -> bool:
+        """Whether each path has a peephole parameter (``len(peephole_gates) * H`` per path)."""
+        return bool(self.peephole_gates)
 
+    def peephole_size(self, hidden_size: int, paths: int) -> int:
+        """Length of the ``peephole`` parameter of ``paths`` paths of ``hidden_size`` units (0 without)."""
+        return len(self.peephole_gates) * hidden_size * paths
+
+
+_LSTM_GATES = ("i", "f", "g", "o")
 KINDS: dict[str, CellKind] = {
-    "lstm": CellKind("lstm", ("i", "f", "g", "o"), lstm_path, has_cell=True, forget_gate=1, projection=True),
-    "peephole": CellKind("peephole", ("i", "f", "g", "o"), peephole_path, has_cell=True, peephole=True,
-                         forget_gate=1),
-    "gru": CellKind("gru", ("r", "z", "n"), gru_path, combine="mean", hh_bias_in_step=True),
-    "rnn_tanh": CellKind("rnn_tanh", ("h",), rnn_tanh_path),
-    "rnn_relu": CellKind("rnn_relu", ("h",), rnn_relu_path),
+    "rnn": CellKind("rnn", ("h",), rnn_tanh_path, "RNN"),
+    "lstm": CellKind("lstm", _LSTM_GATES, lstm_path, "LSTM", has_cell=True, forget_gate=1, projection=True,
+                     lstm_paths=True),
+    "gru": CellKind("gru", ("r", "z", "n"), gru_path, "GRU", combine="mean", hh_bias_in_step=True),
+    "cerebral": CellKind("cerebral", _LSTM_GATES, lstm_path, "CerebralLSTM", paths=2, has_cell=True, forget_gate=1,
+                         projection=True, lstm_paths=True, native_id=0),
+    "cerebral-peephole": CellKind("cerebral-peephole", _LSTM_GATES, peephole_path, "CerebralPeepholeLSTM", paths=2,
+                                  has_cell=True, peephole_gates=("i", "f", "o"), forget_gate=1, native_id=1),
+    "cerebral-gru": CellKind("cerebral-gru", ("r", "z", "n"), gru_path, "CerebralGRU", paths=2, combine="mean",
+                             hh_bias_in_step=True, native_id=2),
 }
+
+
+def rnn_kind(nonlinearity: str) -> CellKind:
+    """The ``rnn`` kind with ``nonlinearity`` (``"tanh"``: ``KINDS["rnn"]``; ``"relu"``: its ReLU step)."""
+    if nonlinearity == "tanh":
+        return KINDS["rnn"]
+    if nonlinearity == "relu":
+        return _RNN_RELU
+    raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+_RNN_RELU = replace(KINDS["rnn"], step=rnn_relu_path)
 
 
 def combine(kind: CellKind, outs: list[Tensor]) -> Tensor:

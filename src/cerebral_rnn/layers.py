@@ -31,7 +31,7 @@ from . import regularise as _reg
 from ._checks import check_bool, check_dropout, check_like, check_positive_int
 from ._compat import autocast_dtype, autocast_enabled, under_functorch
 from .backends._compile import compiling_eagerly, eager
-from .kinds import KINDS, CellKind
+from .kinds import KINDS, CellKind, rnn_kind
 from .layout import DirectionWeights, LayerSpec
 from .regularise import DirectionMasks, Regularisers, StepRegs
 
@@ -77,16 +77,12 @@ class _RNNBase(nn.Module):
     """Shared constructor, parameters, checks and forward driver over one cell kind."""
 
     _backend_names: tuple[str, ...] = ("auto", "torch", "reference")
+    KIND: str  # the layer's kind: a key of cerebral_rnn.kinds.KINDS
 
-    def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, num_paths: int = 1,
                  proj_size: int = 0, device=None, dtype=None, regularisers: Regularisers | None = None) -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
-        # the kind's name, not its description: a pickled module (torch.save(model)) then holds only plain
-        # values and loads with weights_only=True once its class is allowlisted, as nn.LSTM does
-        self.kind_name: str = kind
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -107,7 +103,7 @@ class _RNNBase(nn.Module):
                 if bias:
                     shapes.update(bias_ih=(spec.rows,), bias_hh=(spec.rows,))
                 if self.kind.peephole:
-                    shapes["peephole"] = (3 * hidden_size * self.num_paths,)
+                    shapes["peephole"] = (self.kind.peephole_size(hidden_size, self.num_paths),)
                 if self.proj_size:
                     shapes["weight_hr"] = (self.proj_size, hidden_size)
                 names = []
@@ -130,12 +126,26 @@ class _RNNBase(nn.Module):
                         setattr(self, f"{name}_weight{suffix}", nn.Parameter(torch.empty(n, **kw)))
                         setattr(self, f"{name}_bias{suffix}", nn.Parameter(torch.empty(n, **kw)))
 
+    def __setattr__(self, name: str, value) -> None:
+        if name == "qconfig":  # torch.ao.quantization preparing the model: this layer stays float, and says so
+            from .quantization import note_qconfig
+
+            note_qconfig(self, value)
+        super().__setattr__(name, value)
+
     # -- description --------------------------------------------------------------------------------------
 
     @property
+    def kind_name(self) -> str:
+        """The layer's kind, a key of :data:`cerebral_rnn.kinds.KINDS` (a class attribute: a pickled module,
+        ``torch.save(model)``, holds no kind and loads with ``weights_only=True`` once its class is allowlisted,
+        as ``nn.LSTM`` does)."""
+        return type(self).KIND
+
+    @property
     def kind(self) -> CellKind:
-        """The cell kind's description (:data:`cerebral_rnn.kinds.KINDS`)."""
-        return KINDS[self.kind_name]
+        """The kind's description (:data:`cerebral_rnn.kinds.KINDS`)."""
+        return KINDS[self.KIND]
 
     @property
     def regularisers(self) -> Regularisers:
@@ -447,20 +457,25 @@ class RNN(_TorchOpBase):
     (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
     """
 
+    KIND = "rnn"
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, backend: str = "auto", weight_dropout: float = 0.0, recurrent_dropout: float = 0.0,
                  zoneout=0.0, layer_norm: bool = False) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        regs = _reg.check_regularisers(KINDS[f"rnn_{nonlinearity}"], weight_dropout, recurrent_dropout, zoneout,
+        regs = _reg.check_regularisers(rnn_kind(nonlinearity), weight_dropout, recurrent_dropout, zoneout,
                                        layer_norm)
-        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        self.nonlinearity = nonlinearity  # read by ``kind`` while the parameters are made
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device=device, dtype=dtype, regularisers=regs)
-        self.nonlinearity = nonlinearity
         self._op_name = f"rnn_{nonlinearity}"
         self.backend = backend
         self.reset_parameters()
+
+    @property
+    def kind(self) -> CellKind:
+        """The ``rnn`` kind with this layer's nonlinearity."""
+        return rnn_kind(self.nonlinearity)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.nonlinearity == "tanh" else ", nonlinearity='relu'")
@@ -487,6 +502,7 @@ class LSTM(_TorchOpBase):
     (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]), torch.Size([2, 3, 20]))
     """
 
+    KIND = "lstm"
     _op_name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -494,8 +510,8 @@ class LSTM(_TorchOpBase):
                  device=None, dtype=None, *, forget_bias: float | None = None, backend: str = "auto",
                  weight_dropout: float = 0.0, recurrent_dropout: float = 0.0,
                  zoneout=0.0, layer_norm: bool = False) -> None:
-        regs = _reg.check_regularisers(KINDS["lstm"], weight_dropout, recurrent_dropout, zoneout, layer_norm)
-        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        regs = _reg.check_regularisers(KINDS[self.KIND], weight_dropout, recurrent_dropout, zoneout, layer_norm)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size=proj_size, device=device, dtype=dtype, regularisers=regs)
         self.forget_bias = _init.check_forget_bias(forget_bias)
         self.backend = backend
@@ -514,14 +530,15 @@ class GRU(_TorchOpBase):
     (torch.Size([5, 3, 20]), torch.Size([1, 3, 20]))
     """
 
+    KIND = "gru"
     _op_name = "gru"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, *, backend: str = "auto", weight_dropout: float = 0.0, recurrent_dropout: float = 0.0,
                  zoneout=0.0, layer_norm: bool = False) -> None:
-        regs = _reg.check_regularisers(KINDS["gru"], weight_dropout, recurrent_dropout, zoneout, layer_norm)
-        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        regs = _reg.check_regularisers(KINDS[self.KIND], weight_dropout, recurrent_dropout, zoneout, layer_norm)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device=device, dtype=dtype, regularisers=regs)
         self.backend = backend
         self.reset_parameters()
@@ -530,11 +547,11 @@ class GRU(_TorchOpBase):
 class _CerebralBase(_RNNBase):
     """K paths of one kind; backends chosen per call (:mod:`cerebral_rnn.backends`)."""
 
-    def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool,
                  batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, device, dtype,
                  num_paths: int, init: str, forget_bias, backend: str, regularisers: dict | None = None) -> None:
-        regs = _reg.check_regularisers(KINDS[kind], **(regularisers or {}))
-        super().__init__(kind, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        regs = _reg.check_regularisers(KINDS[self.KIND], **(regularisers or {}))
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          num_paths=num_paths, proj_size=proj_size, device=device, dtype=dtype, regularisers=regs)
         self.init = _init.check_scheme(init)
         self.forget_bias = _init.check_forget_bias(forget_bias)
@@ -616,12 +633,14 @@ class CerebralLSTM(_CerebralBase):
     (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]), torch.Size([2, 3, 40]))
     """
 
+    KIND = "cerebral"
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, num_paths: int = 2, init: str = "distinct",
                  forget_bias: float | None = None, backend: str = "auto", weight_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0,
                  layer_norm: bool = False, paths_share_masks: bool = False) -> None:
-        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, num_paths, init, forget_bias, backend,
                          {"weight_dropout": weight_dropout, "recurrent_dropout": recurrent_dropout, "zoneout": zoneout,
                           "layer_norm": layer_norm, "paths_share_masks": paths_share_masks})
@@ -656,12 +675,14 @@ class CerebralPeepholeLSTM(_CerebralBase):
     (torch.Size([5, 3, 20]), torch.Size([1, 3, 20]), torch.Size([1, 3, 40]))
     """
 
+    KIND = "cerebral-peephole"
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, *, num_paths: int = 2, init: str = "distinct", forget_bias: float | None = None,
                  backend: str = "auto", weight_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0,
                  layer_norm: bool = False, paths_share_masks: bool = False) -> None:
-        super().__init__("peephole", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, num_paths, init, forget_bias, backend,
                          {"weight_dropout": weight_dropout, "recurrent_dropout": recurrent_dropout, "zoneout": zoneout,
                           "layer_norm": layer_norm, "paths_share_masks": paths_share_masks})
@@ -697,20 +718,19 @@ class CerebralGRU(_CerebralBase):
     (torch.Size([5, 3, 20]), torch.Size([1, 3, 20]))
     """
 
+    KIND = "cerebral-gru"
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, *, num_paths: int = 2, init: str = "distinct", backend: str = "auto",
                  weight_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0,
                  layer_norm: bool = False, paths_share_masks: bool = False) -> None:
-        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, num_paths, init, None, backend,
                          {"weight_dropout": weight_dropout, "recurrent_dropout": recurrent_dropout, "zoneout": zoneout,
                           "layer_norm": layer_norm, "paths_share_masks": paths_share_masks})
 
 
-LAYER_CLASSES: dict[str, type[_RNNBase]] = {
-    "rnn": RNN, "lstm": LSTM, "gru": GRU, "cerebral": CerebralLSTM, "cerebral-peephole": CerebralPeepholeLSTM,
-    "cerebral-gru": CerebralGRU,
-}
-# the cell kind each Cerebral layer class runs (a key of cerebral_rnn.kinds.KINDS)
-CELL_KIND_OF: dict[type[_RNNBase], str] = {CerebralLSTM: "lstm", CerebralPeepholeLSTM: "peephole", CerebralGRU: "gru"}
+# kind name -> the layer class that runs it (each kind names its class: cerebral_rnn.kinds.CellKind.layer)
+LAYER_CLASSES: dict[str, type[_RNNBase]] = {name: globals()[kind.layer] for name, kind in KINDS.items()}
+assert all(cls.KIND == name for name, cls in LAYER_CLASSES.items())

@@ -120,7 +120,7 @@ def vendor_lstm_weights(w: DirectionWeights, spec: LayerSpec, input_directions: 
     below *in its LSTM(K*H) form* (no projection), whose K*H-wide outputs per direction are read, so each
     direction's H input columns repeat K times.
     """
-    if w.peephole is not None or spec.kind.name != "lstm":
+    if w.peephole is not None or not spec.kind.lstm_paths:
         raise ValueError(f"kind {spec.kind.name!r} has no standard-LSTM identity")
     H, K = spec.hidden_size, spec.paths
     order = lstm_gate_order(H, K, w.w_ih.device)

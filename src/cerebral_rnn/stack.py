@@ -22,7 +22,7 @@ from .layers import LAYER_CLASSES
 
 __all__ = ["StackedRNN", "LAYER_KINDS"]
 
-LAYER_KINDS = LAYER_CLASSES  # kind name -> layer class: rnn, lstm, gru, cerebral, cerebral-peephole, cerebral-gru
+LAYER_KINDS = LAYER_CLASSES  # kind name (cerebral_rnn.kinds.KINDS) -> layer class
 
 
 class StackedRNN(nn.Module):

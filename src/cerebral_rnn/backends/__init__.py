@@ -29,7 +29,7 @@ from typing import Protocol
 from torch import Tensor
 
 from .._compat import under_functorch
-from . import fused, lstm2h, native, reference
+from . import lstm2h, native, reference
 from ._compile import exporting
 from ._rules import needs_grad, paths_identical
 
@@ -49,7 +49,6 @@ class Backend(Protocol):
 BACKENDS: dict[str, Backend] = {
     reference.BACKEND.name: reference.BACKEND,
     lstm2h.BACKEND.name: lstm2h.BACKEND,
-    fused.BACKEND.name: fused.BACKEND,
     native.BACKEND.name: native.BACKEND,
 }
 
@@ -57,37 +56,37 @@ BACKENDS: dict[str, Backend] = {
 def available_backends(kind=None) -> list[str]:
     """Names accepted by ``backend=``.
 
-    ``kind``: None (every registered backend), a cell kind's name (a key of :data:`cerebral_rnn.kinds.KINDS`:
-    the backends that compute it), or a layer class or instance (what its ``backend=`` accepts: for the
-    one-path ``RNN``, ``LSTM``, ``GRU`` that is ``"auto"``, ``"torch"`` and ``"reference"``). An unknown name
-    is a ``ValueError``.
+    ``kind``: None (every registered backend), a kind's name (a key of :data:`cerebral_rnn.kinds.KINDS`), or a
+    layer class or instance: what that kind's layer class accepts. The one-path ``RNN``, ``LSTM``, ``GRU``
+    (kinds ``rnn``, ``lstm``, ``gru``) take ``"auto"``, ``"torch"`` and ``"reference"``; the Cerebral kinds
+    take ``"auto"`` and every backend that computes them. An unknown name is a ``ValueError``.
     """
-    if kind is not None and not isinstance(kind, str):
+    from .. import layers as _layers
+    from ..kinds import KINDS
+
+    if kind is None:
+        return ["auto", *BACKENDS]
+    if not isinstance(kind, str):
         cls = kind if isinstance(kind, type) else type(kind)
-        names = getattr(cls, "_backend_names", None)
-        kind_name = getattr(kind, "kind_name", None) if not isinstance(kind, type) else None
-        from .. import layers as _layers
-
-        if not (isinstance(cls, type) and issubclass(cls, _layers._RNNBase)):
+        if not (isinstance(cls, type) and issubclass(cls, _layers._RNNBase) and hasattr(cls, "KIND")):
             raise TypeError(f"kind: expected a kind name, a layer class or a layer, got {kind!r}")
-        if issubclass(cls, _layers._CerebralBase):
-            kind_name = kind_name or _layers.CELL_KIND_OF[cls]
-            return available_backends(kind_name)
-        return list(names)
-    if kind is not None:
-        from ..kinds import KINDS
-
-        if kind not in KINDS:
-            raise ValueError(f"kind: expected one of {list(KINDS)} (or a layer class), got {kind!r}")
-    return ["auto", *(n for n, b in BACKENDS.items() if kind is None or b.kinds is None or kind in b.kinds)]
+        kind = cls.KIND
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {list(KINDS)} (or a layer class), got {kind!r}")
+    cls = _layers.LAYER_CLASSES[kind]
+    if not issubclass(cls, _layers._CerebralBase):
+        return list(cls._backend_names)
+    return ["auto", *(n for n, b in BACKENDS.items() if b.kinds is None or kind in b.kinds)]
 
 
 def prepare() -> dict[str, str | None]:
     """Build or load the optional compiled backends now instead of at their first use.
 
-    The ``native`` CPU backend is a C++ extension compiled on first use (once per machine, then loaded from
-    torch's extension cache). Call this before timing anything. Returns, per optional backend, ``None`` when
-    it is ready or the reason it is unavailable (``"auto"`` then uses the others).
+    The ``native`` CPU backend is a C++ extension: the module ``pip install`` compiled for this CPU, or, where
+    there is none (or it was built for another torch or source), one compiled on first use (once per machine,
+    then loaded from torch's extension cache). Call this before timing anything. Returns, per optional backend,
+    ``None`` when it is ready or the reason it is unavailable (``"auto"`` then uses the others);
+    ``backends.native.BUILD_ORIGIN`` and ``BUILD_TARGET`` say which module was loaded.
     """
     return {"native": None if native.available() else native.unavailable_reason()}
 
@@ -102,31 +101,17 @@ def get_backend(name: str, kind: str | None = None) -> str:
     return name
 
 
-# Where "native" cannot run: "fused" (native K*4H x H recurrence, a few ops per step) beats "lstm2h" (torch's
-# fused LSTM op: K times the recurrent FLOPs, no per-step Python) on the CPU once a step has enough work,
-# batch x hidden_size elements:
-# sooner in training (its hand-written backward is lean) than in inference (oneDNN's inference kernel is very
-# fast). Measured with benchmarks/speed.py on a 2-core CPU, torch 2.13.
-FUSED_MIN_WORK_TRAIN = 4096  # e.g. B >= 32 at H = 128
-FUSED_MIN_WORK_INFER = 16384  # e.g. B >= 128 at H = 128, B >= 32 at H = 512
-
-
 def _auto_order(spec, x: Tensor, batch_sizes, weights, states) -> list[str]:
     """Backends tried by ``"auto"``, best first, for this device, shape and grad mode.
 
     CPU, dense input: ``native`` (compiled C++ time loop and BPTT: every LSTM, peephole and GRU layer in float32 /
-    float64, training and inference) first; where it is unavailable (no compiler) or refuses (``proj_size``,
-    another dtype), ``fused`` when batch x hidden_size reaches ``FUSED_MIN_WORK_TRAIN`` (autograd recording) or
-    ``FUSED_MIN_WORK_INFER`` (inference), then ``lstm2h``, then ``fused`` at any size. Packed input on the CPU
-    and CUDA: ``lstm2h`` (oneDNN's / cuDNN's LSTM). ``reference`` last. Each backend's ``supports`` rules out what it cannot compute exactly (kind, dtype, packed input,
+    float64, training and inference) first; where it is unavailable or refuses (``proj_size``, another dtype),
+    ``lstm2h``. Packed input on the CPU and CUDA: ``lstm2h`` (oneDNN's / cuDNN's LSTM). ``reference`` last. Each backend's ``supports`` rules out what it cannot compute exactly (kind, dtype, packed input,
     ``torch.export``, identical paths for the backends that cannot keep them identical), and ``reference`` takes
     everything else.
     """
     if x.device.type == "cpu" and batch_sizes is None and not exporting():
-        work = x.shape[1] * spec.hidden_size  # B x H
-        threshold = FUSED_MIN_WORK_TRAIN if needs_grad(x, states, weights) else FUSED_MIN_WORK_INFER
-        order = ["native", "fused", "lstm2h"] if work >= threshold else ["native", "lstm2h", "fused"]
-        return [*order, "reference"]
+        return ["native", "lstm2h", "reference"]
     return ["lstm2h", "reference"]
 
 

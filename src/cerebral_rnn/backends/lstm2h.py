@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..kinds import KINDS
 from ..layout import fold_paths, vendor_initial_state, vendor_lstm_weights
 from ._compile import exporting, run_eager_under_compile
 from ._rules import identical_paths_reason
@@ -50,10 +51,11 @@ class LSTM2HBackend:
     """K-path LSTM as LSTM(K*H) through ``torch._VF.lstm``; dense and packed input, CPU and CUDA."""
 
     name = "lstm2h"
-    kinds = ("lstm",)
+    # the multi-path kinds whose paths are torch's LSTM (the one-path LSTM layer runs torch's op itself)
+    kinds = tuple(name for name, kind in KINDS.items() if kind.lstm_paths and kind.paths > 1)
 
     def supports(self, spec, x: Tensor, batch_sizes, weights, states) -> str | None:
-        if spec.kind.name not in self.kinds:
+        if not spec.kind.lstm_paths:
             return f"kind {spec.kind.name!r} has no standard-LSTM identity"
         if not x.is_floating_point():
             return f"dtype {x.dtype} is not a floating-point type"

@@ -1,6 +1,7 @@
 r"""``"native"`` backend: the time loop of a layer, forward and backward (BPTT), in compiled C++ (CPU).
 
-Kinds: ``lstm`` (any number of paths K, no ``proj_size``), ``peephole`` and ``gru`` (any K); float32 and
+Kinds: those with a ``native_id`` (:data:`cerebral_rnn.kinds.KINDS`): ``cerebral`` (any number of paths K, no
+``proj_size``), ``cerebral-peephole`` and ``cerebral-gru`` (any K); float32 and
 float64; dense input; one or two directions; any hidden size and batch. Training goes through
 :class:`NativeFunction` (an ``autograd.Function``); inference (no autograd recording) runs the same forward
 without saving anything. The C++ source is ``native_kernels.cpp`` beside this module.
@@ -27,10 +28,8 @@ Per direction:
 The recurrent GEMM can also be a library call per path and step (``gemm="addmm"``: ``at::addmm``;
 ``gemm="onednn"``: oneDNN with the weight packed once per call through the private op
 ``torch.ops.mkldnn._linear_pointwise``, probed once, float32) followed by the pointwise pass. ``gemm=None`` (the
-default) uses the fused kernels: measured on grid shapes (one thread, AVX-512 and AVX2 builds), a layer ran
-within 7% of ``addmm`` at B = 64 (faster at some shapes, slower at others; training up to 14% faster), 3-17%
-faster at B <= 8, and 1.1-9x faster than with ``onednn`` (a new output tensor per call); see
-``docs/native.md``.
+default) uses the fused kernels, chosen by measuring the three routes on grid shapes with both ISAs
+(``docs/native.md``).
 
 **Symmetry by construction** (``init="identical"`` paths stay bitwise identical in training): every path is
 computed by the same code on operands of the same shape in buffers of its own (or views at offsets that are
@@ -45,26 +44,33 @@ by the ISA's estimate plus one Newton step (about 1 ulp; a division costs severa
 build uses ATen's ``exp`` and division; float64 uses Sleef's ``exp``/``tanh`` (1 ulp) and division. All saturate
 without inf or NaN (float32 sigmoid bottoms out at 1.8e-35).
 
-**Build**: compiled on first use with ``torch.utils.cpp_extension.load`` following ATen's CPU capability
-(:func:`torch.backends.cpu.get_cpu_capability`, which ``ATEN_CPU_CAPABILITY`` can lower): ``"AVX512"`` builds with
-``-march=x86-64-v4 -mtune=native -DCPU_CAPABILITY_AVX512``, ``"AVX2"`` with ``-march=x86-64-v3 -mtune=native
--DCPU_CAPABILITY_AVX2``; anything else without ``-march``, using ATen's generic ``Vectorized`` (correct on any
-CPU). Always ``-O3 -fopenmp -ffp-contract=off`` (the arithmetic is what the source says). The extension's name
-carries the capability, a hash of this CPU's model and flags and a hash of the source and flags, so builds for
-different ISAs coexist in torch's extension cache (``TORCH_EXTENSIONS_DIR``). It needs a C++ compiler and
-``ninja``; if the build fails, the failure is remembered and :meth:`NativeBackend.supports` gives it as the
-reason (``"auto"`` falls back). ``CEREBRAL_RNN_NATIVE=0`` turns the backend off; ``CEREBRAL_RNN_NATIVE_VERBOSE=1``
-shows the build; :func:`cerebral_rnn.backends.prepare` builds it up front.
+**Build**: ``pip install`` / ``pip wheel`` compile the source at install time (``setup.py``), one extension
+module per variant of :mod:`~cerebral_rnn.backends._build`: ``_native_avx512`` (``-march=x86-64-v4``),
+``_native_avx2`` (``-march=x86-64-v3``) and ``_native_default`` (no ``-march``, ATen's generic ``Vectorized``,
+correct on any CPU; the only one off x86-64). The first use picks the variant for ATen's CPU capability
+(:func:`torch.backends.cpu.get_cpu_capability`, which ``ATEN_CPU_CAPABILITY`` can lower) and imports it if it
+was built from the source installed beside it and against the running torch's version. Otherwise the variant is
+compiled then with ``torch.utils.cpp_extension.load`` (a C++ compiler and ``ninja`` needed; about a minute,
+announced on stderr; ``-mtune=native`` added) into torch's extension cache (``TORCH_EXTENSIONS_DIR``), under a
+name that carries the variant, a hash of this CPU's model and flags and a hash of the source, flags and torch
+version. Builds hold an ``flock`` on their folder (a killed build leaves no lock behind; a lock file torch's
+loader left is removed) and wait at most ``CEREBRAL_RNN_BUILD_TIMEOUT`` seconds (900) for another process's
+build. If nothing works, the reason is remembered, :meth:`NativeBackend.supports` gives it, ``"auto"`` falls back
+and warns once. ``CEREBRAL_RNN_NATIVE=0`` turns the backend off; ``CEREBRAL_RNN_NATIVE_VERBOSE=1`` shows a build;
+:func:`cerebral_rnn.backends.prepare` loads it up front (``BUILD_ORIGIN``, ``BUILD_TARGET`` say what it loaded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import os
 import platform
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -72,12 +78,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..kinds import KINDS
+from . import _build
 from ._compile import exporting
 from ._rules import dense_cpu_reason, needs_grad
 
-_SOURCE = Path(__file__).with_name("native_kernels.cpp")
-KIND_IDS = {"lstm": 0, "peephole": 1, "gru": 2}
 GEMM_MODES = {"own": 0, "addmm": 1, "onednn": 2}
+_X86 = _build.X86
 
 
 def _cpu_tag() -> str:
@@ -100,43 +107,109 @@ def capability() -> str:
         return "DEFAULT"
 
 
-_X86 = platform.machine().lower() in ("x86_64", "amd64")
-
-
 def build_flags(cap: str | None = None) -> list[str]:
-    """Compiler flags for ATen's CPU capability ``cap``: the vector ISA ATen's kernels use, so that the
-    extension's ``at::vec::Vectorized`` is the same width (and runs wherever ATen's does)."""
-    cap = capability() if cap is None else cap
-    x86 = _X86
-    flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
-    if x86 and cap == "AVX512":
-        flags += ["-march=x86-64-v4", "-mtune=native", "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=crnn_avx512"]
-    elif x86 and cap == "AVX2":
-        flags += ["-march=x86-64-v3", "-mtune=native", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=crnn_avx2"]
-    else:
-        flags += ["-DCPU_CAPABILITY=crnn_default"]
-    return flags
+    """Compiler flags of the build on first use for ATen's CPU capability ``cap``: the vector ISA ATen's kernels
+    use, so that the extension's ``at::vec::Vectorized`` is the same width (and runs wherever ATen's does)."""
+    return _build.compile_flags(_build.variant_for(capability() if cap is None else cap), tune_native=True)
 
 
-def _name(cap: str, flags: list[str]) -> str:
-    src = hashlib.sha1(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:10]
-    return f"cerebral_rnn_native_{cap.lower()}_{_cpu_tag()}_{src}"
+def build_target(cap: str | None = None) -> str:
+    """The instruction set the variant for ATen's CPU capability ``cap`` is compiled for."""
+    return _build.target(_build.variant_for(capability() if cap is None else cap))
+
+
+def _jit_name(variant: str, flags: list[str]) -> str:
+    key = _build.SOURCE.read_bytes() + " ".join(flags).encode() + torch.__version__.encode()
+    return f"cerebral_rnn_native_{variant}_{_cpu_tag()}_{hashlib.sha1(key).hexdigest()[:10]}"
 
 
 _EXT = None
 _ERROR: str | None = None  # why the extension could not be built or loaded; set once, never retried
-BUILD_SECONDS: float | None = None  # time the first load took in this process (a build, or loading the cache)
+_WARNED = False  # the fallback warning is given once per process
+BUILD_SECONDS: float | None = None  # time the first load took in this process (an import, a build, or the cache)
 BUILD_TARGET: str | None = None  # what the loaded extension was compiled for, e.g. "x86-64-v3 (AVX2)"
+BUILD_ORIGIN: str | None = None  # where it came from: "installed module <name>" or "compiled on first use in <dir>"
 
 
-def build_target(cap: str | None = None) -> str:
-    """The instruction set :func:`build_flags` compiles for at ATen's CPU capability ``cap``."""
-    cap = capability() if cap is None else cap
-    if _X86 and cap == "AVX512":
-        return "x86-64-v4 (AVX-512)"
-    if _X86 and cap == "AVX2":
-        return "x86-64-v3 (AVX2)"
-    return f"generic ({platform.machine()}, compiler default)"
+def _say(message: str) -> None:
+    print(f"cerebral-rnn: {message}", file=sys.stderr, flush=True)
+
+
+def _installed(variant: str):
+    """The module ``setup.py`` built for ``variant``, or ``(None, why not)``. It is used only if it was built from
+    the source beside it and against the running torch's version (the C++ ABI changes between releases)."""
+    name = f"{__package__}.{_build.module_name(variant)}"
+    try:
+        mod = importlib.import_module(name)
+    except ImportError as exc:
+        return None, f"no installed module {name} ({str(exc).strip()[:200]})"
+    running = torch.__version__.split("+")[0]
+    if getattr(mod, "torch_version", None) != running:
+        return None, f"{name} was built for torch {getattr(mod, 'torch_version', '?')}, this is torch {running}"
+    if getattr(mod, "source_sha", None) != _build.source_sha():
+        return None, f"{name} was built from another version of {_build.SOURCE.name}"
+    return mod, None
+
+
+def _build_timeout() -> float:
+    raw = os.environ.get("CEREBRAL_RNN_BUILD_TIMEOUT", "900")
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"CEREBRAL_RNN_BUILD_TIMEOUT: expected seconds, got {raw!r}") from None
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path, timeout: float):
+    """Hold an exclusive ``flock`` on ``folder`` while building: the kernel releases it when its holder dies, so
+    a killed build never blocks the next one. Waits at most ``timeout`` seconds for another process's build."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock file only
+        yield
+        return
+    with open(folder / "cerebral_rnn.flock", "w") as f:
+        deadline = time.monotonic() + timeout
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"another process kept building the native backend in {folder} for more "
+                                       f"than {timeout:.0f} s (CEREBRAL_RNN_BUILD_TIMEOUT)") from None
+                if not waiting:
+                    _say(f"waiting for another process that is building the native backend in {folder}")
+                    waiting = True
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _compile(variant: str, why: str):
+    """Compile ``variant`` with ``torch.utils.cpp_extension.load`` into the extension cache (or load it from
+    there), saying so on stderr when it compiles."""
+    from torch.utils.cpp_extension import get_default_build_root, load
+
+    _put_ninja_on_path()
+    flags = _build.compile_flags(variant, tune_native=True)
+    name = _jit_name(variant, flags)
+    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    with _build_lock(folder, _build_timeout()):
+        baton = folder / "lock"
+        if baton.exists():  # torch's lock file, left by a build that was killed (builds hold the flock above)
+            _say(f"removing {baton}, left by an interrupted build")
+            baton.unlink()
+        if not (folder / f"{name}.so").exists():
+            _say(f"compiling the native CPU backend for {_build.target(variant)}, once per machine (about a "
+                 f"minute; {why}); CEREBRAL_RNN_NATIVE=0 skips it")
+        ext = load(name=name, sources=[str(_build.SOURCE)], extra_cflags=flags, extra_ldflags=_build.link_flags(),
+                   build_directory=str(folder), verbose=bool(os.environ.get("CEREBRAL_RNN_NATIVE_VERBOSE")))
+    return ext, f"compiled on first use in {folder}"
 
 
 def _put_ninja_on_path() -> None:
@@ -158,28 +231,40 @@ def _put_ninja_on_path() -> None:
 
 
 def _load():
-    """The compiled extension, building it on first use; None (with ``_ERROR`` set) if that failed."""
-    global _EXT, _ERROR, BUILD_SECONDS, BUILD_TARGET
+    """The compiled extension: the module installed for this CPU's variant, else one compiled on first use;
+    None (with ``_ERROR`` set) if neither works."""
+    global _EXT, _ERROR, BUILD_SECONDS, BUILD_TARGET, BUILD_ORIGIN
     if _EXT is not None or _ERROR is not None:
         return _EXT
     if os.environ.get("CEREBRAL_RNN_NATIVE", "1") == "0":
         _ERROR = "disabled by CEREBRAL_RNN_NATIVE=0"
         return None
     t0 = time.perf_counter()
-    try:
-        from torch.utils.cpp_extension import load
-
-        _put_ninja_on_path()
-        cap = capability()
-        flags = build_flags(cap)
-        _EXT = load(name=_name(cap, flags), sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                    verbose=bool(os.environ.get("CEREBRAL_RNN_NATIVE_VERBOSE")))
-    except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a failed build: all mean "unavailable"
-        _ERROR = f"the C++ extension could not be built: {type(exc).__name__}: {str(exc).strip()[:300]}"
-        return None
+    variant = _build.variant_for(capability())
+    ext, why = _installed(variant)
+    origin = f"installed module {__package__}.{_build.module_name(variant)}"
+    if ext is None:
+        try:
+            ext, origin = _compile(variant, why)
+        except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a failed build: all mean "unavailable"
+            _ERROR = (f"the C++ extension could not be built ({why}): {type(exc).__name__}: "
+                      f"{str(exc).strip()[:300]}")
+            return None
+    _EXT = ext
     BUILD_SECONDS = time.perf_counter() - t0
-    BUILD_TARGET = build_target(cap)
+    BUILD_TARGET = _build.target(variant)
+    BUILD_ORIGIN = origin
     return _EXT
+
+
+def _warn_fallback() -> None:
+    """Say once per process that the compiled backend is missing (unless it was turned off on purpose)."""
+    global _WARNED
+    if not _WARNED and _ERROR is not None and not _ERROR.startswith("disabled"):
+        _WARNED = True
+        warnings.warn(f"cerebral-rnn: the native backend is unavailable, so the layers run slower pure-PyTorch "
+                      f"backends: {_ERROR}. Set CEREBRAL_RNN_NATIVE=0 to silence this.", RuntimeWarning,
+                      stacklevel=2)
 
 
 def unavailable_reason() -> str | None:
@@ -278,20 +363,17 @@ class NativeBackend:
     paths; CPU, float32/float64, dense input; training and inference."""
 
     name = "native"
-    kinds = ("lstm", "peephole", "gru")
+    kinds = tuple(name for name, kind in KINDS.items() if kind.native_id is not None)  # the C++ kernels' kinds
     # Rows (steps x batch) of the input projection per GEMM in inference; None: as many as fill 512 KiB of
-    # projection (every path), so that it is still in L2 when the steps read it, within [256, 1024] rows: MKL's
-    # sgemm repacks W_ih at every call (~15% of the projection at 128 rows, ~2% at 1024 for I = 256, 4H = 2048).
-    # Measured (one thread, AVX-512): 100,64,32,128 inference 18.0-18.6 ms at 128-256 rows, 18.9-20.1 at 1024,
-    # 22.6-24.4 at 2048; 25,64,512,512: 103-108 ms at any of 128-2048 rows.
+    # projection (every path), so that it is still in L2 when the steps read it, within [256, 1024] rows (MKL's
+    # sgemm repacks W_ih at every call, which small chunks pay often). Measurements: docs/native.md.
     chunk_rows: int | None = None
     # The GEMM of the recurrence, forward and backward: None = "own" (the fused register-blocked kernels; see the
     # module docstring for the measurement); "addmm" or "onednn" force a library call per path and step (tests
     # use this to cover every route).
     gemm: str | None = None
     # Below this many multiply-adds per step (B x K x G H x H) one thread runs the loop: waking a second thread
-    # for every step costs more than it saves (measured, 2 threads: at 32768 two threads were no faster, from
-    # 131072 (e.g. B = 1, H = 128) they were 1.2-1.5x faster in inference).
+    # for every step costs more than it saves (measurements: docs/native.md, "Threads").
     min_work_per_thread = 1 << 16
 
     def supports(self, spec, x: Tensor, batch_sizes, weights, states) -> str | None:
@@ -309,6 +391,7 @@ class NativeBackend:
         if exporting():
             return "torch.export / jit tracing cannot record a C++ extension"
         if _load() is None:
+            _warn_fallback()
             return _ERROR
         return None
 
@@ -331,7 +414,7 @@ class NativeBackend:
 
     def plan(self, spec, x: Tensor) -> Plan:
         fwd = bwd = self._mode(x)
-        return Plan(KIND_IDS[spec.kind.name], spec.paths, fwd, bwd, self._threads(x, spec), self._chunk_rows(x, spec),
+        return Plan(spec.kind.native_id, spec.paths, fwd, bwd, self._threads(x, spec), self._chunk_rows(x, spec),
                     spec.kind.has_cell)
 
     def forward_layer(self, spec, x, states, weights, batch_sizes):

@@ -1,7 +1,8 @@
 // The "native" backend's compiled kernels: one recurrent layer (every direction) of K paths of one cell kind
-// (LSTM, peephole LSTM, GRU), forward with or without saving for backward, and BPTT. Built by native.py with
-// torch.utils.cpp_extension; the build selects ATen's vector implementation through CPU_CAPABILITY_AVX512 /
-// CPU_CAPABILITY_AVX2 (or none: ATen's generic Vectorized, correct on any CPU).
+// (LSTM, peephole LSTM, GRU), forward with or without saving for backward, and BPTT. Built by setup.py at install
+// time (one module per ISA variant; flags in _build.py) or by native.py with torch.utils.cpp_extension on first
+// use. The build selects ATen's vector implementation through CPU_CAPABILITY_AVX512 / CPU_CAPABILITY_AVX2 (or
+// none: ATen's generic Vectorized, correct on any CPU).
 //
 // Symmetry by construction: every path is computed by the same code on operands of the same shape.
 //  * Recurrent GEMMs (own kernels): every output element is one sequential chain of fused multiply-adds over
@@ -44,11 +45,8 @@ constexpr int gates() { return KIND == GRU ? 3 : 4; }
 
 // Register blocking by ISA (vector registers: 32 with AVX-512, 16 with AVX2). Forward: MR batch rows x G gate
 // vectors of one unit block in accumulators. Backward: BWD_MR rows x BWD_NR unit blocks. Chosen by measuring the
-// kernels alone (one thread, weights in L1 / L2, GFLOP/s) on a Xeon (Sapphire Rapids) with each build:
-//   AVX-512  forward G=4: MR 2/3/4/6 = 131/151/166/178; G=3: MR 4/6/8 = 155/165/172;
-//            backward MRxNR 4x4 / 6x4 / 8x3 = 141/165/163
-//   AVX2     forward G=4: MR 2/3/4 = 82/96/67 (MR 4 spills); G=3: MR 2/3/4/6 = 70/90/103/69;
-//            backward 3x2 / 4x2 / 3x3 / 4x3 / 4x4 = 75/89/98/104/68
+// kernels alone with each build (the table: docs/native.md, "Register blocks"); with AVX2 one more forward row
+// spills.
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int FWD_MR4 = 6, FWD_MR3 = 8, BWD_MR = 6, BWD_NR = 4;
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -637,12 +635,12 @@ template <typename Body, typename Grain>
 void run_phases(int64_t nt, int64_t nphases, int64_t nitems, const Grain& grain, const Body& body) {
 #ifdef _OPENMP
   if (nt > 1 && nitems > 1) {
-    const int64_t maxt = std::max<int64_t>(nt, omp_get_max_threads());
-    std::vector<Counter> pos(maxt);  // claims in each thread's range, counted over every phase
-    Counter done;                    // items done, counted over every phase
-#pragma omp parallel
+    std::vector<Counter> pos(nt);  // claims in each thread's range, counted over every phase
+    Counter done;                  // items done, counted over every phase
+#pragma omp parallel num_threads(static_cast<int>(nt))
     {
-      const int64_t tn = std::min<int64_t>(omp_get_num_threads(), maxt), tid = omp_get_thread_num();
+      // the team may be smaller than asked (nested parallelism, OMP_THREAD_LIMIT): its ranges split all items
+      const int64_t tn = std::min<int64_t>(omp_get_num_threads(), nt), tid = omp_get_thread_num();
       if (tid < tn) {
         for (int64_t p = 0; p < nphases; ++p) {
           wait_until(done.v, p * nitems);
@@ -1222,9 +1220,22 @@ std::vector<Tensor> backward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::
 }  // namespace crnn
 
 #ifndef CRNN_KERNELS_ONLY
+#include <torch/version.h>
+#define CRNN_STR2(x) #x
+#define CRNN_STR(x) CRNN_STR2(x)
+#ifndef CRNN_SOURCE_SHA
+#define CRNN_SOURCE_SHA unknown
+#endif
+#ifndef CRNN_VARIANT
+#define CRNN_VARIANT unknown
+#endif
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &crnn::forward, "one layer forward (every direction)");
   m.def("backward", &crnn::backward, "one layer BPTT (every direction)");
   m.def("capability", &crnn::capability, "the vector ISA this build was compiled for");
+  // what this module was built from and for: native.py uses it only if all three match the running process
+  m.attr("source_sha") = CRNN_STR(CRNN_SOURCE_SHA);
+  m.attr("variant") = CRNN_STR(CRNN_VARIANT);
+  m.attr("torch_version") = TORCH_VERSION;
 }
 #endif

@@ -47,7 +47,9 @@ class Arm:
     a formula (tests check it against the built module); when None it is counted by building the module.
     ``output_size(width)``: features of its output and ``h_n`` (default: ``width``). ``match``: the arm whose
     whole-model parameter count this arm's width is chosen to match (None: width = H). ``forget_gate``: False
-    for cells without one (a tuned forget-gate bias is then not applied and is recorded as such).
+    for cells without one (a tuned forget-gate bias is then not applied and is recorded as such). ``kind``: the
+    kind of recurrent layer the arm trains, a key of :data:`cerebral_rnn.kinds.KINDS` (an arm named after a kind
+    trains that kind; the others are configurations of one).
     """
 
     name: str
@@ -57,6 +59,7 @@ class Arm:
     output_size: Callable[[int], int] = lambda width: width
     match: str | None = None
     forget_gate: bool = True
+    kind: str = ""
 
     def count(self, input_size: int, width: int) -> int:
         if self.parameters is not None:
@@ -185,38 +188,38 @@ def _cerebral_gru(i: int, w: int, fb: float | None, **reg):
     return CerebralGRU(i, w, init="distinct", **reg)
 
 
-register(Arm("lstm", "single LSTM, hidden H", _lstm, lambda i, w: lstm_layer_parameters(i, w)))
+register(Arm("lstm", "single LSTM, hidden H", _lstm, lambda i, w: lstm_layer_parameters(i, w), kind="lstm"))
 register(Arm("lstm2", "two-stacked LSTM, hidden H per layer",
              _lstm2,
-             lambda i, w: lstm_layer_parameters(i, w) + lstm_layer_parameters(w, w)))
+             lambda i, w: lstm_layer_parameters(i, w) + lstm_layer_parameters(w, w), kind="lstm"))
 register(Arm("cerebral", "Cerebral LSTM, hidden H, init distinct",
              _cerebral("distinct"),
-             lambda i, w: 2 * lstm_layer_parameters(i, w)))
+             lambda i, w: 2 * lstm_layer_parameters(i, w), kind="cerebral"))
 register(Arm("cerebral-identical", "Cerebral LSTM, hidden H, init identical",
              _cerebral("identical"),
-             lambda i, w: 2 * lstm_layer_parameters(i, w)))
+             lambda i, w: 2 * lstm_layer_parameters(i, w), kind="cerebral"))
 register(Arm("lstm-matched", "single LSTM whose width gives the parameter count closest to cerebral's", _lstm,
-             lambda i, w: lstm_layer_parameters(i, w), match="cerebral"))
+             lambda i, w: lstm_layer_parameters(i, w), match="cerebral", kind="lstm"))
 register(Arm("lstm-x2", "single LSTM with h = 2·o·tanh(c) as output and recurrent input (cerebral-identical's "
              "function class), hidden H", _doubled,
-             lambda i, w: lstm_layer_parameters(i, w)))
+             lambda i, w: lstm_layer_parameters(i, w), kind="lstm"))
 register(Arm("lstmp", "torch.nn.LSTM(2H, proj_size=H): learned projection, contains the Cerebral LSTM", _lstmp,
-             lambda i, w: lstm_layer_parameters(i, 2 * w, proj=w)))
+             lambda i, w: lstm_layer_parameters(i, 2 * w, proj=w), kind="lstm"))
 # what `reproduce` trains unless --models says otherwise: the paper's arms and the control arms
 DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
 
 # the family (the paper's future work): arms for --models, not in the default list
 register(Arm("cerebral-k3", "Cerebral LSTM with three paths, hidden H, init distinct",
              _cerebral("distinct", 3),
-             lambda i, w: 3 * lstm_layer_parameters(i, w)))
+             lambda i, w: 3 * lstm_layer_parameters(i, w), kind="cerebral"))
 register(Arm("cerebral-peephole", "Cerebral peephole LSTM (two peephole LSTM paths), hidden H, init distinct",
              _peephole,
-             lambda i, w: 2 * (lstm_layer_parameters(i, w) + 3 * w)))
+             lambda i, w: 2 * (lstm_layer_parameters(i, w) + 3 * w), kind="cerebral-peephole"))
 register(Arm("gru", "single GRU, hidden H", _gru,
-             lambda i, w: gru_layer_parameters(i, w), forget_gate=False))
+             lambda i, w: gru_layer_parameters(i, w), forget_gate=False, kind="gru"))
 register(Arm("cerebral-gru", "Cerebral GRU (mean of two GRU paths' updates), hidden H, init distinct",
              _cerebral_gru,
-             lambda i, w: 2 * gru_layer_parameters(i, w), forget_gate=False))
+             lambda i, w: 2 * gru_layer_parameters(i, w), forget_gate=False, kind="cerebral-gru"))
 
 
 _LAZY = ("DoubledLSTM", "set_forget_bias_", "final_hidden", "path_difference")
