@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import regularisers_oracle as oracle
 import torch
+from helpers import skip_unless_native
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from cerebral_rnn import GRU, LSTM, RNN, CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM, StackedRNN
@@ -169,8 +170,10 @@ def test_one_path_layers_run_the_regularisers_and_torch_refuses_the_step_ones():
     torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="backend='torch' cannot run recurrent dropout"):
         LSTM(I, H, zoneout=0.1, backend="torch")(x.float())
-    with pytest.raises(ValueError, match="only the reference backend"):
+    with pytest.raises(ValueError, match="backend='native' cannot run zoneout or layer norm"):
         CerebralLSTM(I, H, layer_norm=True, backend="native")(x.float())
+    with pytest.raises(ValueError, match="backend='lstm2h' cannot run recurrent dropout, zoneout or layer norm"):
+        CerebralLSTM(I, H, recurrent_dropout=0.2, backend="lstm2h")(x.float())
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -197,3 +200,97 @@ def test_stacked_rnn_add_layer_takes_them():
     y, _ = net(torch.randn(T, B, I))
     assert y.shape == (T, B, H) and net.layers[0].regularisers.layer_norm
     assert "layer_norm=True" in repr(net.layers[0])
+
+
+# ---- recurrent dropout on the native backend (forward and BPTT in C++) ------------------------------------------
+
+
+@pytest.mark.parametrize("kind,K", [("lstm", 1), ("lstm", 2), ("lstm", 3), ("peephole", 2), ("gru", 1), ("gru", 3)])
+@pytest.mark.parametrize("with_weight_dropout", [False, True], ids=["alone", "with-weight-dropout"])
+def test_native_recurrent_dropout_equals_the_transcription_with_the_drawn_masks(kind, K, with_weight_dropout):
+    skip_unless_native()
+    reg = {"recurrent_dropout": 0.3, **({"weight_dropout": 0.4} if with_weight_dropout else {})}
+    torch.manual_seed(0)
+    m = KINDS[kind](I, H, num_paths=K, dtype=torch.float64, backend="native", **reg)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.randn(1, B, H, dtype=torch.float64)
+    c0 = torch.randn(1, B, K * H, dtype=torch.float64) if kind != "gru" else None
+    torch.manual_seed(7)
+    masks = m.draw_masks(T, B)
+    for grad in (True, False):  # the training function and the inference loop (no autograd), both in training
+        torch.manual_seed(7)
+        with torch.set_grad_enabled(grad):
+            y, state = m(x, (h0, c0) if c0 is not None else h0)
+        assert m.last_backend == "native"
+        want, (h, c) = _oracle(kind, K, m, x, masks, training=True, h0=h0[0], c0=c0[0] if c0 is not None else None)
+        torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close((state[0] if isinstance(state, tuple) else state)[0], h, rtol=1e-10, atol=1e-12)
+        if c is not None:
+            torch.testing.assert_close(state[1][0], c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "gru"])
+@pytest.mark.parametrize("form", ["dense", "bidirectional-two-layers"])
+@pytest.mark.parametrize("gemm", [None, "addmm"], ids=["own-kernels", "addmm"])
+def test_native_recurrent_dropout_gradcheck(kind, form, gemm, monkeypatch):
+    skip_unless_native()
+    from cerebral_rnn.backends import native
+
+    monkeypatch.setattr(native.BACKEND, "gemm", gemm)
+    kw = {"num_layers": 2, "bidirectional": True} if form != "dense" else {}
+    torch.manual_seed(0)
+    m = KINDS[kind](3, 2, dtype=torch.float64, recurrent_dropout=0.4, backend="native", num_paths=3, **kw)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(x, *ps):
+        torch.manual_seed(3)  # the same masks at every evaluation
+        y, _ = torch.func.functional_call(m, dict(zip(names, ps)), (x,))
+        assert m.last_backend == "native"
+        return y
+
+    ps = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    assert torch.autograd.gradcheck(f, (x, *ps), eps=1e-6, atol=1e-6)
+
+
+def test_native_recurrent_dropout_multithreaded_matches_the_reference_loop():
+    """Enough work per step for two threads (the masked h of the next step is written by whichever thread ends
+    a unit block); float32, bidirectional."""
+    skip_unless_native()
+    from cerebral_rnn.backends import native
+
+    torch.manual_seed(0)
+    m = CerebralLSTM(5, 64, bidirectional=True, recurrent_dropout=0.4)
+    x = torch.randn(9, 16, 5)
+    if torch.get_num_threads() > 1:
+        assert native.BACKEND.plan(m.spec, x).threads > 1
+    res = {}
+    for backend in ("native", "reference"):
+        m.backend = backend
+        m.zero_grad()
+        torch.manual_seed(3)
+        y, _ = m(x)
+        y.square().sum().backward()
+        res[backend] = (y.detach(), m.weight_hh_l0.grad.clone(), m.weight_hh_l0_reverse.grad.clone())
+    for got, want in zip(res["native"], res["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_runs_recurrent_dropout_natively_and_the_rest_on_the_reference_loop():
+    skip_unless_native()
+    x = torch.randn(T, B, I)
+    m = CerebralLSTM(I, H, weight_dropout=0.5, recurrent_dropout=0.2)  # the AWD-style pair
+    m(x)
+    assert m.last_backend == "native"
+    m.eval()
+    m(x)
+    assert m.last_backend == "native"  # at eval recurrent dropout changes nothing
+    for reg in ({"zoneout": 0.1, "recurrent_dropout": 0.2}, {"layer_norm": True}):
+        m = CerebralLSTM(I, H, **reg)
+        m(x)
+        assert m.last_backend == "reference"
+    m = CerebralLSTM(I, H, recurrent_dropout=0.2)
+    m(pack_padded_sequence(x, [T, T - 1, 2]))  # packed input: native refuses, the reference loop runs it
+    assert m.last_backend == "reference"
+    with pytest.raises(ValueError, match="backend='native' cannot run this input: packed input"):
+        CerebralLSTM(I, H, recurrent_dropout=0.2, backend="native")(pack_padded_sequence(x, [T, T - 1, 2]))

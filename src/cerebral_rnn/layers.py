@@ -232,9 +232,12 @@ class _RNNBase(nn.Module):
                 for _ in range(self.num_layers)]
 
     def _step_regs(self, layer: int, masks: list[DirectionMasks] | None, cast) -> list[StepRegs] | None:
-        """Per direction, what the time loop needs; None when the step is unregularised."""
+        """Per direction, what the time loop needs; None when the step is unregularised (also in eval with only
+        recurrent dropout on, which then changes nothing)."""
         regs = self.regularisers
         if not regs.in_step:
+            return None
+        if not self.training and not (regs.zoneout_h or regs.zoneout_c or regs.layer_norm):
             return None
         out = []
         for d in range(self.num_directions):
@@ -566,10 +569,25 @@ class _CerebralBase(_RNNBase):
         weights = self._masked_weights(self._layer_weights_as(layer, cast), masks)
         spec = self.spec
         step_regs = self._step_regs(layer, masks, cast)
-        if step_regs is not None:  # recurrent dropout, zoneout, layer norm: the reference loop
+        if step_regs is not None and self.backend in ("auto", "native") and all(r.only_h_mask for r in step_regs):
+            # recurrent dropout alone: the native backend computes it (forward and BPTT)
+            native = _backends.BACKENDS["native"]
+            reason = ("torch.func transforms (grad, vmap, ...) run only the reference backend" if under_functorch()
+                      else native.supports(spec, x, batch_sizes, weights, states))
+            if reason is None:
+                self.last_backend = "native"
+                return native.forward_layer(spec, x, tuple(states), weights, batch_sizes,
+                                            h_masks=[r.h_mask for r in step_regs])
+            if self.backend == "native":
+                raise ValueError(f"backend='native' cannot run this input: {reason}; use backend='auto' or "
+                                 "'reference'")
+        if step_regs is not None:  # zoneout, layer norm (and recurrent dropout native cannot run): the reference loop
             if self.backend not in ("auto", "reference"):
-                raise ValueError(f"backend={self.backend!r} cannot run recurrent dropout, zoneout or layer norm "
-                                 f"(only the reference backend computes them); use backend='auto' or 'reference'")
+                what = ("zoneout or layer norm" if self.backend == "native"
+                        else "recurrent dropout, zoneout or layer norm")
+                raise ValueError(f"backend={self.backend!r} cannot run {what} (the reference backend computes every "
+                                 f"regulariser, native recurrent and weight dropout); use backend='auto' or "
+                                 f"'reference'")
             from .backends.reference import run_layer
 
             self.last_backend = "reference"

@@ -35,9 +35,12 @@ are on; per layer, per direction: the weight mask, the recurrent-dropout mask, t
 paths stay bitwise identical. Weight dropout and zoneout of ``c`` draw a mask per path, which separates them,
 unless ``paths_share_masks=True`` (one mask used by every path).
 
-**Backends.** Weight dropout runs on every backend. Recurrent dropout, zoneout and layer norm run on the
-``reference`` backend (any kind, K, dtype, device, packed input, directions, layers); ``backend="auto"`` picks it
-when one of them is on, and a named compiled backend refuses them with the reason.
+**Backends.** Weight dropout runs on every backend. Recurrent dropout runs on ``native`` too (dense CPU input,
+float32/float64, training: forward and BPTT in C++, the masked :math:`h` of the next step written by the step
+before, inside the time loop; at eval it changes nothing and the layer runs unregularised). Zoneout and layer
+norm, and recurrent dropout where ``native`` cannot run (packed input, CUDA, other dtypes), run on the
+``reference`` backend (any kind, K, dtype, device, packed input, directions, layers). ``backend="auto"`` picks
+the first of these that computes the call; a named backend that cannot refuses with the reason.
 """
 
 from __future__ import annotations
@@ -119,6 +122,12 @@ class StepRegs(NamedTuple):
     p_c: float = 0.0
     ln: tuple | None = None
     training: bool = False
+
+    @property
+    def only_h_mask(self) -> bool:
+        """Recurrent dropout and nothing else in the step (what the native backend computes)."""
+        return (self.h_mask is not None and self.zone_h is None and self.zone_c is None and self.ln is None
+                and (self.training or not (self.p_h or self.p_c)))
 
 
 class DirectionMasks(NamedTuple):

@@ -1,7 +1,10 @@
 r"""``"native"`` backend: the time loop of a layer, forward and backward (BPTT), in compiled C++ (CPU).
 
 Kinds: those with a ``native_id`` (:data:`cerebral_rnn.kinds.KINDS`): ``cerebral`` (any number of paths K, no
-``proj_size``), ``cerebral-peephole`` and ``cerebral-gru`` (any K); float32 and
+``proj_size``), ``cerebral-peephole`` and ``cerebral-gru`` (any K), with or without recurrent dropout
+(``forward_layer(..., h_masks=...)``: the step's recurrent product reads ``m * h_{t-1}``, written by the step
+before as it stores ``h``; the BPTT masks the recurrent product's gradient and ``dW_hh`` reads the saved
+``m * h_{t-1}``); float32 and
 float64; dense input; one or two directions; any hidden size and batch. Training goes through
 :class:`NativeFunction` (an ``autograd.Function``); inference (no autograd recording) runs the same forward
 without saving anything. The C++ source is ``native_kernels.cpp`` beside this module.
@@ -312,22 +315,27 @@ def _split(flat):
 
 
 class NativeFunction(torch.autograd.Function):
-    """One layer (every direction) with hand-written BPTT in C++. Inputs: a plan, ``x`` (T, B, I), ``h_0``
-    (D, B, H), ``c_0`` (D, B, K H) or None, then per direction ``w_ih, w_hh, b_ih, b_hh, peephole`` (absent ones
-    None). Outputs: ``y`` (T, B, D H), ``h_n`` and, for kinds with a cell, ``c_n``."""
+    """One layer (every direction) with hand-written BPTT in C++. Inputs: a plan, the recurrent-dropout masks
+    (a list, one (B, H) per direction, scaled; empty: none), ``x`` (T, B, I), ``h_0`` (D, B, H), ``c_0``
+    (D, B, K H) or None, then per direction ``w_ih, w_hh, b_ih, b_hh, peephole`` (absent ones None). Outputs:
+    ``y`` (T, B, D H), ``h_n`` and, for kinds with a cell, ``c_n``."""
 
     @staticmethod
-    def forward(ctx, plan, x, h0, c0, *flat):
+    def forward(ctx, plan, masks, x, h0, c0, *flat):
         ext = _load()
         w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
         x = x.contiguous()
         out = ext.forward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, True, plan.fwd_mode,
-                          plan.threads, plan.chunk_rows)
+                          plan.threads, plan.chunk_rows, masks)
         y, h_n, c_n = out[0], out[1], out[2]
-        saved = out[3:]  # per direction and path: activations (D K), then cell states or GRU's W_hn h + b_hn (D K)
+        # per direction and path: activations (D K), then cell states or GRU's W_hn h + b_hn (D K); then, with
+        # recurrent dropout, per direction the masked h_prev of every step (D)
+        n_hm = len(masks)
+        saved = out[3:len(out) - n_hm]
         ctx.plan = plan
         ctx.n_saved = len(saved)
-        ctx.save_for_backward(x, h0, c0, y, *flat, *saved)
+        ctx.n_masks = n_hm
+        ctx.save_for_backward(x, h0, c0, y, *flat, *saved, *masks, *out[len(out) - n_hm:])
         if plan.has_cell:
             return y, h_n, c_n
         return y, h_n
@@ -337,6 +345,9 @@ class NativeFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n=None):
         plan = ctx.plan
         saved = ctx.saved_tensors
+        nm = ctx.n_masks
+        masks, hms = list(saved[len(saved) - 2 * nm:len(saved) - nm]), list(saved[len(saved) - nm:])
+        saved = saved[:len(saved) - 2 * nm]
         x, h0, c0, y = saved[:4]
         n = ctx.n_saved
         flat = saved[4:len(saved) - n]
@@ -344,18 +355,18 @@ class NativeFunction(torch.autograd.Function):
         D = len(flat) // 5
         w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
         acts, states = list(rest[: n // 2]), list(rest[n // 2:])
-        need = ctx.needs_input_grad  # (plan, x, h0, c0, *flat)
+        need = ctx.needs_input_grad[1:]  # (masks, x, h0, c0, *flat)
         pneed = [any(need[4 + 5 * d + i] for d in range(D)) for i in range(5)]
         needs = [need[1], need[2], bool(need[3]), *pneed]
         res = _load().backward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, y, acts, states,
-                               dy, dh_n, dc_n, needs, plan.bwd_mode, plan.threads)
+                               dy, dh_n, dc_n, needs, plan.bwd_mode, plan.threads, masks, hms)
         dx, dh0, dc0 = res[0], res[1], res[2]
         grads = []
         for d in range(D):
             for i in range(5):
                 g = res[3 + 5 * d + i]
                 grads.append(g if need[4 + 5 * d + i] else None)
-        return (None, dx if need[1] else None, dh0 if need[2] else None, dc0 if need[3] else None, *grads)
+        return (None, None, dx if need[1] else None, dh0 if need[2] else None, dc0 if need[3] else None, *grads)
 
 
 class NativeBackend:
@@ -417,20 +428,23 @@ class NativeBackend:
         return Plan(spec.kind.native_id, spec.paths, fwd, bwd, self._threads(x, spec), self._chunk_rows(x, spec),
                     spec.kind.has_cell)
 
-    def forward_layer(self, spec, x, states, weights, batch_sizes):
+    def forward_layer(self, spec, x, states, weights, batch_sizes, h_masks=None):
+        """As every backend's; ``h_masks``: recurrent dropout, one (B, H) mask per direction (scaled by 1 / (1 - p),
+        in the input's dtype) applied to h where it enters ``W_hh h`` at every step, or None."""
         plan = self.plan(spec, x)
         h0 = states[0]
         c0 = states[1] if spec.kind.has_cell else None
+        masks = [] if h_masks is None else [m.detach().to(x.dtype).contiguous() for m in h_masks]
         flat = []
         for w in weights:
             flat += [w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.peephole]
         if needs_grad(x, states, weights):
-            out = NativeFunction.apply(plan, x, h0, c0, *flat)
+            out = NativeFunction.apply(plan, masks, x, h0, c0, *flat)
         else:
             w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
             with torch.no_grad():
                 out = _load().forward(plan.kind, plan.paths, x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, peep,
-                                      False, plan.fwd_mode, plan.threads, plan.chunk_rows)[:3]
+                                      False, plan.fwd_mode, plan.threads, plan.chunk_rows, masks)[:3]
         if spec.kind.has_cell:
             return out[0], (out[1], out[2])
         return out[0], (out[1],)

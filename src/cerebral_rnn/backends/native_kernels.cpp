@@ -167,6 +167,10 @@ struct Dir {
   const T* dy = nullptr;       // backward: (T, B, D H)
   T* dh = nullptr;             // backward: (B, H) gradient of h at the current step
   T* dir = nullptr;            // backward, GRU: (B, H) direct term sum_k dout_k z_k
+  // recurrent dropout: the (B, H) mask (scaled) on h where it enters W_hh h, or null; hm: h_prev * mask of each
+  // time (training: T slots, saved for the backward; inference: 2 alternating slots), written by the step before
+  const T* rmask = nullptr;
+  T* hm = nullptr;
   bool train = false, own = true;
 
   int64_t ys() const { return D * H; }
@@ -175,6 +179,10 @@ struct Dir {
     return t == T_ - 1 ? h0 : y + (t + 1) * B * ys() + d * H;
   }
   int64_t hs(int64_t t) const { return (reverse ? t == T_ - 1 : t == 0) ? H : ys(); }
+  int64_t hm_slot(int64_t t) const { return train ? t : (t & 1); }
+  const T* ghprev(int64_t t) const { return rmask ? hm + hm_slot(t) * B * H : hprev(t); }  // what W_hh multiplies
+  int64_t ghs(int64_t t) const { return rmask ? H : hs(t); }
+  int64_t tnext(int64_t t) const { return reverse ? t - 1 : t + 1; }
   int64_t slot_new(int64_t t) const { return reverse ? t : t + 1; }
   int64_t slot_prev(int64_t t) const { return reverse ? t + 1 : t; }
   int64_t time(int64_t s) const { return reverse ? T_ - 1 - s : s; }
@@ -254,7 +262,7 @@ inline void fwd_acc(const Dir<T>& a, int64_t t, int64_t gx_step, int64_t k, int6
 #pragma GCC unroll 4
       for (int g = 0; g < G; ++g) acc[r * G + g] = VT::loadu(gx + r * GH + g * H, cnt) + bias[g];
   }
-  if (a.own) fwd_gemm<T, G, MR>(a.hprev(t) + rb * a.hs(t), a.hs(t), a.pf[k] + u * a.H * G * V, a.H, acc, pre);
+  if (a.own) fwd_gemm<T, G, MR>(a.ghprev(t) + rb * a.ghs(t), a.ghs(t), a.pf[k] + u * a.H * G * V, a.H, acc, pre);
 }
 
 template <typename T, int KIND, int M>
@@ -329,6 +337,11 @@ inline void fwd_row(const Dir<T>& a, int64_t t, int64_t gx_step, int64_t cp, int
   }
   if (KIND == GRU && a.K > 1) hsum = hsum / VT(T(a.K));  // the mean of the paths' updates
   hsum.store(a.y + t * B * a.ys() + a.d * H + b * a.ys() + j0, cnt);
+  if (a.rmask) {  // recurrent dropout: what the next step's W_hh multiplies
+    const int64_t tn = a.tnext(t);
+    if (tn >= 0 && tn < a.T_)
+      (hsum * VT::loadu(a.rmask + b * H + j0, cnt)).store(a.hm + a.hm_slot(tn) * B * H + b * H + j0, cnt);
+  }
 }
 
 // Rows per group: the accumulators of a group (K paths x rows x G vectors) stay in L1 between the GEMM and the
@@ -544,19 +557,28 @@ inline void bwd_block(const Dir<T>& a, int64_t t, const T* dyp, int64_t u, int64
   int cnt[NR];
 #pragma GCC unroll 4
   for (int n = 0; n < NR; ++n) cnt[n] = tail(H, (u + n) * V, V);
+  // dy_prev (+ GRU's direct term): the accumulators' start, or (recurrent dropout) added after the masked sum
+  auto direct = [&](int r, int n) {
+    const int64_t j = (u + n) * V;
+    VT v = dyp ? VT::loadu(dyp + (rb + r) * a.ys() + j, cnt[n]) : VT(T(0));
+    if constexpr (KIND == GRU) v = v + VT::loadu(a.dir + (rb + r) * H + j, cnt[n]);
+    return v;
+  };
   VT acc[MR][NR];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int n = 0; n < NR; ++n) {
-      const int64_t j = (u + n) * V;
-      VT v = dyp ? VT::loadu(dyp + (rb + r) * a.ys() + j, cnt[n]) : VT(T(0));
-      if constexpr (KIND == GRU) v = v + VT::loadu(a.dir + (rb + r) * H + j, cnt[n]);
-      acc[r][n] = v;
-    }
+    for (int n = 0; n < NR; ++n) acc[r][n] = a.rmask ? VT(T(0)) : direct(r, n);
   for (int64_t k = 0; k < a.K; ++k)
     bwd_gemm<T, MR, NR>((KIND == GRU ? a.dgh[k] : a.dgx[k]) + t * B * GH + rb * GH, a.pb[k] + u * GH * V, GH,
                         &acc[0][0], un >= 0 ? a.pb[k] + un * GH * V : nullptr);
+  if (a.rmask) {  // h_prev entered W_hh h as h_prev * mask
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int n = 0; n < NR; ++n)
+        acc[r][n] = acc[r][n] * VT::loadu(a.rmask + (rb + r) * H + (u + n) * V, cnt[n]) + direct(r, n);
+  }
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
@@ -815,7 +837,7 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
                                  const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
                                  const std::vector<Tensor>& b_ih, const std::vector<Tensor>& b_hh,
                                  const std::vector<Tensor>& peep, bool train, int64_t mode, int64_t threads,
-                                 int64_t chunk_rows) {
+                                 int64_t chunk_rows, const std::vector<Tensor>& rmask) {
   constexpr int V = Vec<T>::size();
   constexpr int G = gates<KIND>();
   const int64_t K = L.K, T_ = L.T_, B = L.B, I = L.I, H = L.H, D = L.D, GH = G * H;
@@ -827,6 +849,7 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
   Tensor h_n = at::empty({D, B, H}, opt);
   Tensor c_n = cell ? at::empty({D, B, K * H}, opt) : Tensor();
   std::vector<Tensor> saved_act, saved_state;  // per direction and path: activations; c (or GRU's hn)
+  std::vector<Tensor> saved_hm;                // per direction, with recurrent dropout: h_prev * mask
   const Tensor x2 = x.view({T_ * B, I});
   const int64_t n = train ? T_ : std::max<int64_t>(1, std::min<int64_t>(T_, chunk_rows / std::max<int64_t>(B, 1)));
 
@@ -837,6 +860,14 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
     Tensor h0d = h0[d].contiguous();
     a.h0 = h0d.data_ptr<T>();
     a.y = y.data_ptr<T>();
+    Tensor hm;
+    if (!rmask.empty()) {
+      a.rmask = rmask[d].data_ptr<T>();
+      hm = at::empty({train ? T_ : 2, B, H}, opt);
+      a.hm = hm.data_ptr<T>();
+      hm[a.hm_slot(a.reverse ? T_ - 1 : 0)].copy_(h0d * rmask[d]);  // what the first step's W_hh multiplies
+      if (train) saved_hm.push_back(hm);
+    }
     const std::vector<Tensor> prep =
         prepare_dir<T, KIND>(K, H, w_ih[d], w_hh[d], b_ih[d], b_hh[d], peep[d], mode == GEMM_OWN);
     std::vector<Tensor> wih(K), bx(K), whh_lib(K), packed(K), bh_t(K), gx(K), gh(K), cst(K);
@@ -881,8 +912,8 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
 
     // The recurrent part of one step with a library GEMM: gates in memory, then the pointwise part over units.
     auto lib_step = [&](int64_t t, int64_t gs, int64_t cp, int64_t cn) {
-      const int64_t hs = a.hs(t);
-      const T* hp = a.hprev(t);
+      const int64_t hs = a.ghs(t);
+      const T* hp = a.ghprev(t);
       Tensor hprev = at::from_blob(const_cast<T*>(hp), {B, H}, {hs, 1}, opt);
       for (int64_t k = 0; k < K; ++k) {
         Tensor gk = gx[k][gs];
@@ -955,6 +986,7 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
   std::vector<Tensor> out{y, h_n, c_n};
   out.insert(out.end(), saved_act.begin(), saved_act.end());
   out.insert(out.end(), saved_state.begin(), saved_state.end());
+  out.insert(out.end(), saved_hm.begin(), saved_hm.end());
   return out;
 }
 
@@ -966,7 +998,8 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
                                   const std::vector<Tensor>& b_ih, const std::vector<Tensor>& b_hh,
                                   const std::vector<Tensor>& peep, const Tensor& y, const std::vector<Tensor>& acts,
                                   const std::vector<Tensor>& states, const Tensor& dy, const Tensor& dh_n,
-                                  const Tensor& dc_n, const std::vector<bool>& needs, int64_t mode, int64_t threads) {
+                                  const Tensor& dc_n, const std::vector<bool>& needs, int64_t mode, int64_t threads,
+                                  const std::vector<Tensor>& rmask, const std::vector<Tensor>& hms) {
   constexpr int V = Vec<T>::size();
   constexpr int G = gates<KIND>();
   const int64_t K = L.K, T_ = L.T_, B = L.B, I = L.I, H = L.H, D = L.D, GH = G * H;
@@ -990,6 +1023,9 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
     Tensor h0d = h0[d].contiguous();
     a.h0 = h0d.data_ptr<T>();
     a.y = const_cast<T*>(y.data_ptr<T>());
+    const bool masked = !rmask.empty();
+    Tensor rmask_d = masked ? rmask[d] : Tensor();
+    if (masked) a.rmask = rmask_d.data_ptr<T>();
     a.dy = dy.data_ptr<T>();
     std::vector<Tensor> keep, dgx(K), dgh(K), dcs(K), dps(K), dbx(K), dbh(K), whh_lib(K), packed(K);
     for (int64_t k = 0; k < K; ++k) {
@@ -1066,17 +1102,26 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
         });
         const T* dyp = dy_prev(st);
         Tensor init = dyp ? at::from_blob(const_cast<T*>(dyp), {B, H}, {a.ys(), 1}, opt) : Tensor();
-        if (init.defined())
-          dh.copy_(init);
-        else
-          dh.zero_();
-        if (KIND == GRU) dh.add_(dir);
+        // recurrent dropout: the products go into their own sum, masked, then the direct terms are added
+        Tensor sum = masked ? at::zeros({B, H}, opt) : dh;
+        if (!masked) {
+          if (init.defined())
+            dh.copy_(init);
+          else
+            dh.zero_();
+          if (KIND == GRU) dh.add_(dir);
+        }
         for (int64_t k = 0; k < K; ++k) {
           Tensor g = (KIND == GRU ? dgh[k] : dgx[k])[t];
           if (mode == GEMM_ONEDNN)
-            dh.copy_(onednn_linear_add(g, dh, packed[k]));
+            sum.copy_(onednn_linear_add(g, sum, packed[k]));
           else
-            dh.addmm_(g, whh_lib[k]);
+            sum.addmm_(g, whh_lib[k]);
+        }
+        if (masked) {
+          dh.copy_(sum * rmask_d);
+          if (init.defined()) dh.add_(init);
+          if (KIND == GRU) dh.add_(dir);
         }
       }
     }
@@ -1100,7 +1145,9 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
       Tensor ghk = (KIND == GRU ? dgh[k] : dgx[k]).view({T_ * B, GH});
       // (X^T dG)^T rather than dG^T X: MKL runs the tall-skinny product ~1.4x faster this way round
       if (n_wih) gwi.narrow(0, k * GH, GH).copy_(at::mm(x2.t(), gxk).t());
-      if (n_whh) {
+      if (n_whh && masked) {  // recurrent dropout: W_hh multiplied h_prev * mask, saved per time by the forward
+        gwh.narrow(0, k * GH, GH).copy_(at::mm(hms[d].view({T_ * B, H}).t(), ghk).t());
+      } else if (n_whh) {
         // h_prev of time t: y at t-1 (forward) / t+1 (reverse), h_0 at the first step
         Tensor yd = y.narrow(2, d * H, H);
         Tensor first = a.reverse ? ghk.narrow(0, (T_ - 1) * B, B) : ghk.narrow(0, 0, B);
@@ -1145,6 +1192,18 @@ Layer layer_of(int64_t kind, int64_t K, const Tensor& x, const std::vector<Tenso
   return L;
 }
 
+// Recurrent-dropout masks: none, or one (B, H) per direction in the input's dtype (made contiguous here).
+void check_masks(std::vector<Tensor>& rmask, const Tensor& x, const std::vector<Tensor>& w_hh) {
+  if (rmask.empty()) return;
+  TORCH_CHECK(rmask.size() == w_hh.size(), "cerebral_rnn native: one recurrent-dropout mask per direction");
+  for (auto& m : rmask) {
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == x.size(1) && m.size(1) == w_hh[0].size(1) &&
+                    m.scalar_type() == x.scalar_type(),
+                "cerebral_rnn native: a recurrent-dropout mask is (B, H) in the input's dtype");
+    m = m.contiguous();
+  }
+}
+
 void check_args(int64_t kind, int64_t K, const Tensor& x, const std::vector<Tensor>& w_hh) {
   TORCH_CHECK(kind == LSTM || kind == PEEPHOLE || kind == GRU, "cerebral_rnn native: unknown kind ", kind);
   TORCH_CHECK(K >= 1, "cerebral_rnn native: paths must be >= 1");
@@ -1177,8 +1236,9 @@ std::vector<Tensor> forward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::o
                             std::vector<Tensor> w_ih, std::vector<Tensor> w_hh,
                             std::vector<std::optional<Tensor>> b_ih, std::vector<std::optional<Tensor>> b_hh,
                             std::vector<std::optional<Tensor>> peep, bool train, int64_t mode, int64_t threads,
-                            int64_t chunk_rows) {
+                            int64_t chunk_rows, std::vector<Tensor> rmask) {
   check_args(kind, K, x, w_hh);
+  check_masks(rmask, x, w_hh);
   at::NoGradGuard no_grad;
   const Layer L = layer_of(kind, K, x, w_hh);
   for (auto& w : w_ih) w = w.contiguous();
@@ -1188,7 +1248,7 @@ std::vector<Tensor> forward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::o
   return dispatch(kind, x.scalar_type(), [&](auto tv, auto kv) {
     using T = decltype(tv);
     return forward_impl<T, decltype(kv)::value>(L, x, h0, c, w_ih, w_hh, bi, bh, pp, train, mode, threads,
-                                                 chunk_rows);
+                                                 chunk_rows, rmask);
   });
 }
 
@@ -1197,8 +1257,12 @@ std::vector<Tensor> backward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::
                              std::vector<std::optional<Tensor>> b_ih, std::vector<std::optional<Tensor>> b_hh,
                              std::vector<std::optional<Tensor>> peep, Tensor y, std::vector<Tensor> acts,
                              std::vector<Tensor> states, Tensor dy, Tensor dh_n, std::optional<Tensor> dc_n,
-                             std::vector<bool> needs, int64_t mode, int64_t threads) {
+                             std::vector<bool> needs, int64_t mode, int64_t threads, std::vector<Tensor> rmask,
+                             std::vector<Tensor> hms) {
   check_args(kind, K, x, w_hh);
+  check_masks(rmask, x, w_hh);
+  TORCH_CHECK(hms.size() == rmask.size(), "cerebral_rnn native: one saved h_prev * mask per masked direction");
+  for (auto& t : hms) t = t.contiguous();
   TORCH_CHECK(needs.size() == 8, "cerebral_rnn native: needs has 8 flags");
   at::NoGradGuard no_grad;
   const Layer L = layer_of(kind, K, x, w_hh);
@@ -1212,7 +1276,7 @@ std::vector<Tensor> backward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::
   return dispatch(kind, x.scalar_type(), [&](auto tv, auto kv) {
     using T = decltype(tv);
     return backward_impl<T, decltype(kv)::value>(L, x, h0, c, w_ih, w_hh, bi, bh, pp, y, acts, states, dy, dh_n,
-                                                  dc, needs, mode, threads);
+                                                  dc, needs, mode, threads, rmask, hms);
   });
 }
 
