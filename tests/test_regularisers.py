@@ -170,7 +170,7 @@ def test_one_path_layers_run_the_regularisers_and_torch_refuses_the_step_ones():
     torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="backend='torch' cannot run recurrent dropout"):
         LSTM(I, H, zoneout=0.1, backend="torch")(x.float())
-    with pytest.raises(ValueError, match="backend='native' cannot run zoneout or layer norm"):
+    with pytest.raises(ValueError, match="backend='native' cannot run layer norm"):
         CerebralLSTM(I, H, layer_norm=True, backend="native")(x.float())
     with pytest.raises(ValueError, match="backend='lstm2h' cannot run recurrent dropout, zoneout or layer norm"):
         CerebralLSTM(I, H, recurrent_dropout=0.2, backend="lstm2h")(x.float())
@@ -202,14 +202,24 @@ def test_stacked_rnn_add_layer_takes_them():
     assert "layer_norm=True" in repr(net.layers[0])
 
 
-# ---- recurrent dropout on the native backend (forward and BPTT in C++) ------------------------------------------
+# ---- recurrent dropout and zoneout on the native backend (forward and BPTT in C++) ------------------------------
+
+NATIVE_REGS = {"recurrent": {"recurrent_dropout": 0.3},
+               "recurrent+weight": {"recurrent_dropout": 0.3, "weight_dropout": 0.4},
+               "zoneout": {"zoneout": 0.3},
+               "zoneout-c-only": {"zoneout": (0.0, 0.4)},
+               "zoneout-h-c": {"zoneout": (0.3, 0.2)},
+               "all-but-layer-norm": {"zoneout": 0.25, "recurrent_dropout": 0.3, "weight_dropout": 0.2}}
+NATIVE_CASES = [(kind, K, reg) for kind, K in [("lstm", 1), ("lstm", 2), ("lstm", 3), ("peephole", 2), ("gru", 1),
+                                              ("gru", 3)]
+                for reg in NATIVE_REGS
+                if kind != "gru" or not isinstance(NATIVE_REGS[reg].get("zoneout"), tuple)]  # the GRU has no c
 
 
-@pytest.mark.parametrize("kind,K", [("lstm", 1), ("lstm", 2), ("lstm", 3), ("peephole", 2), ("gru", 1), ("gru", 3)])
-@pytest.mark.parametrize("with_weight_dropout", [False, True], ids=["alone", "with-weight-dropout"])
-def test_native_recurrent_dropout_equals_the_transcription_with_the_drawn_masks(kind, K, with_weight_dropout):
+@pytest.mark.parametrize("kind,K,reg", NATIVE_CASES, ids=[f"{k}-K{n}-{r}" for k, n, r in NATIVE_CASES])
+def test_native_step_regularisers_equal_the_transcription_with_the_drawn_masks(kind, K, reg):
     skip_unless_native()
-    reg = {"recurrent_dropout": 0.3, **({"weight_dropout": 0.4} if with_weight_dropout else {})}
+    reg = NATIVE_REGS[reg]
     torch.manual_seed(0)
     m = KINDS[kind](I, H, num_paths=K, dtype=torch.float64, backend="native", **reg)
     x = torch.randn(T, B, I, dtype=torch.float64)
@@ -227,19 +237,28 @@ def test_native_recurrent_dropout_equals_the_transcription_with_the_drawn_masks(
         torch.testing.assert_close((state[0] if isinstance(state, tuple) else state)[0], h, rtol=1e-10, atol=1e-12)
         if c is not None:
             torch.testing.assert_close(state[1][0], c, rtol=1e-10, atol=1e-12)
+    if "zoneout" in reg:  # eval: the expectation
+        m.eval()
+        y, _ = m(x, (h0, c0) if c0 is not None else h0)
+        assert m.last_backend == "native"
+        want, _ = _oracle(kind, K, m, x, None, training=False, h0=h0[0], c0=c0[0] if c0 is not None else None)
+        torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "gru"])
-@pytest.mark.parametrize("form", ["dense", "bidirectional-two-layers"])
+@pytest.mark.parametrize("form", ["dense", "bidirectional-two-layers", "eval"])
 @pytest.mark.parametrize("gemm", [None, "addmm"], ids=["own-kernels", "addmm"])
-def test_native_recurrent_dropout_gradcheck(kind, form, gemm, monkeypatch):
+def test_native_step_regularisers_gradcheck(kind, form, gemm, monkeypatch):
     skip_unless_native()
     from cerebral_rnn.backends import native
 
     monkeypatch.setattr(native.BACKEND, "gemm", gemm)
     kw = {"num_layers": 2, "bidirectional": True} if form != "dense" else {}
+    zoneout = 0.3 if kind == "gru" else (0.3, 0.4)
     torch.manual_seed(0)
-    m = KINDS[kind](3, 2, dtype=torch.float64, recurrent_dropout=0.4, backend="native", num_paths=3, **kw)
+    m = KINDS[kind](3, 2, dtype=torch.float64, recurrent_dropout=0.4, zoneout=zoneout, backend="native",
+                    num_paths=3, **kw)
+    m.train(form != "eval")
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
     names = [n for n, _ in m.named_parameters()]
 
@@ -253,14 +272,14 @@ def test_native_recurrent_dropout_gradcheck(kind, form, gemm, monkeypatch):
     assert torch.autograd.gradcheck(f, (x, *ps), eps=1e-6, atol=1e-6)
 
 
-def test_native_recurrent_dropout_multithreaded_matches_the_reference_loop():
+def test_native_step_regularisers_multithreaded_match_the_reference_loop():
     """Enough work per step for two threads (the masked h of the next step is written by whichever thread ends
     a unit block); float32, bidirectional."""
     skip_unless_native()
     from cerebral_rnn.backends import native
 
     torch.manual_seed(0)
-    m = CerebralLSTM(5, 64, bidirectional=True, recurrent_dropout=0.4)
+    m = CerebralLSTM(5, 64, bidirectional=True, recurrent_dropout=0.4, zoneout=(0.2, 0.3))
     x = torch.randn(9, 16, 5)
     if torch.get_num_threads() > 1:
         assert native.BACKEND.plan(m.spec, x).threads > 1
@@ -276,16 +295,17 @@ def test_native_recurrent_dropout_multithreaded_matches_the_reference_loop():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_runs_recurrent_dropout_natively_and_the_rest_on_the_reference_loop():
+def test_auto_runs_dropout_and_zoneout_natively_and_layer_norm_on_the_reference_loop():
     skip_unless_native()
     x = torch.randn(T, B, I)
-    m = CerebralLSTM(I, H, weight_dropout=0.5, recurrent_dropout=0.2)  # the AWD-style pair
-    m(x)
-    assert m.last_backend == "native"
-    m.eval()
-    m(x)
-    assert m.last_backend == "native"  # at eval recurrent dropout changes nothing
-    for reg in ({"zoneout": 0.1, "recurrent_dropout": 0.2}, {"layer_norm": True}):
+    for reg in ({"weight_dropout": 0.5, "recurrent_dropout": 0.2}, {"zoneout": 0.1, "recurrent_dropout": 0.2}):
+        m = CerebralLSTM(I, H, **reg)  # the AWD-style pair; zoneout
+        m(x)
+        assert m.last_backend == "native"
+        m.eval()
+        m(x)
+        assert m.last_backend == "native"  # at eval: nothing (recurrent dropout), the expectation (zoneout)
+    for reg in ({"layer_norm": True}, {"layer_norm": True, "zoneout": 0.1}):
         m = CerebralLSTM(I, H, **reg)
         m(x)
         assert m.last_backend == "reference"

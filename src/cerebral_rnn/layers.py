@@ -569,25 +569,22 @@ class _CerebralBase(_RNNBase):
         weights = self._masked_weights(self._layer_weights_as(layer, cast), masks)
         spec = self.spec
         step_regs = self._step_regs(layer, masks, cast)
-        if step_regs is not None and self.backend in ("auto", "native") and all(r.only_h_mask for r in step_regs):
-            # recurrent dropout alone: the native backend computes it (forward and BPTT)
+        if step_regs is not None and self.backend in ("auto", "native") and all(r.ln is None for r in step_regs):
+            # recurrent dropout and zoneout: the native backend computes them (forward and BPTT)
             native = _backends.BACKENDS["native"]
             reason = ("torch.func transforms (grad, vmap, ...) run only the reference backend" if under_functorch()
                       else native.supports(spec, x, batch_sizes, weights, states))
             if reason is None:
                 self.last_backend = "native"
-                return native.forward_layer(spec, x, tuple(states), weights, batch_sizes,
-                                            h_masks=[r.h_mask for r in step_regs])
+                return native.forward_layer(spec, x, tuple(states), weights, batch_sizes, step_regs=step_regs)
             if self.backend == "native":
                 raise ValueError(f"backend='native' cannot run this input: {reason}; use backend='auto' or "
                                  "'reference'")
-        if step_regs is not None:  # zoneout, layer norm (and recurrent dropout native cannot run): the reference loop
+        if step_regs is not None:  # layer norm (and what native cannot run): the reference loop
             if self.backend not in ("auto", "reference"):
-                what = ("zoneout or layer norm" if self.backend == "native"
-                        else "recurrent dropout, zoneout or layer norm")
+                what = "layer norm" if self.backend == "native" else "recurrent dropout, zoneout or layer norm"
                 raise ValueError(f"backend={self.backend!r} cannot run {what} (the reference backend computes every "
-                                 f"regulariser, native recurrent and weight dropout); use backend='auto' or "
-                                 f"'reference'")
+                                 f"regulariser, native all but layer norm); use backend='auto' or 'reference'")
             from .backends.reference import run_layer
 
             self.last_backend = "reference"

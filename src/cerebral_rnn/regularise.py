@@ -35,10 +35,11 @@ are on; per layer, per direction: the weight mask, the recurrent-dropout mask, t
 paths stay bitwise identical. Weight dropout and zoneout of ``c`` draw a mask per path, which separates them,
 unless ``paths_share_masks=True`` (one mask used by every path).
 
-**Backends.** Weight dropout runs on every backend. Recurrent dropout runs on ``native`` too (dense CPU input,
-float32/float64, training: forward and BPTT in C++, the masked :math:`h` of the next step written by the step
-before, inside the time loop; at eval it changes nothing and the layer runs unregularised). Zoneout and layer
-norm, and recurrent dropout where ``native`` cannot run (packed input, CUDA, other dtypes), run on the
+**Backends.** Weight dropout runs on every backend. Recurrent dropout and zoneout run on ``native`` too (dense
+CPU input, float32/float64, training and eval: forward and BPTT in C++, inside the time loop: the masked
+:math:`h` of the next step is written by the step that stores :math:`h`, the zoneout masks are read where the
+step stores :math:`h` and :math:`c`; at eval recurrent dropout changes nothing and the layer runs unregularised).
+Layer norm, and the others where ``native`` cannot run (packed input, CUDA, other dtypes), run on the
 ``reference`` backend (any kind, K, dtype, device, packed input, directions, layers). ``backend="auto"`` picks
 the first of these that computes the call; a named backend that cannot refuses with the reason.
 """
@@ -122,12 +123,6 @@ class StepRegs(NamedTuple):
     p_c: float = 0.0
     ln: tuple | None = None
     training: bool = False
-
-    @property
-    def only_h_mask(self) -> bool:
-        """Recurrent dropout and nothing else in the step (what the native backend computes)."""
-        return (self.h_mask is not None and self.zone_h is None and self.zone_c is None and self.ln is None
-                and (self.training or not (self.p_h or self.p_c)))
 
 
 class DirectionMasks(NamedTuple):

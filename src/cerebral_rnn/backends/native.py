@@ -1,10 +1,13 @@
 r"""``"native"`` backend: the time loop of a layer, forward and backward (BPTT), in compiled C++ (CPU).
 
 Kinds: those with a ``native_id`` (:data:`cerebral_rnn.kinds.KINDS`): ``cerebral`` (any number of paths K, no
-``proj_size``), ``cerebral-peephole`` and ``cerebral-gru`` (any K), with or without recurrent dropout
-(``forward_layer(..., h_masks=...)``: the step's recurrent product reads ``m * h_{t-1}``, written by the step
-before as it stores ``h``; the BPTT masks the recurrent product's gradient and ``dW_hh`` reads the saved
-``m * h_{t-1}``); float32 and
+``proj_size``), ``cerebral-peephole`` and ``cerebral-gru`` (any K), with or without recurrent dropout and
+zoneout (``forward_layer(..., step_regs=...)``; :mod:`cerebral_rnn.regularise`). Recurrent dropout: the step's
+recurrent product reads ``m * h_{t-1}``, written by the step before as it stores ``h``; the BPTT masks the
+recurrent product's gradient and ``dW_hh`` reads the saved ``m * h_{t-1}``. Zoneout: where a step stores ``h``
+and each path's ``c`` it keeps the masked (training) or expected (eval) fraction of the previous value; the BPTT
+splits each gradient between the update and the kept value, and recomputes the un-zoned cell (what the output
+read) from the saved gates, bit for bit as the forward made it; float32 and
 float64; dense input; one or two directions; any hidden size and batch. Training goes through
 :class:`NativeFunction` (an ``autograd.Function``); inference (no autograd recording) runs the same forward
 without saving anything. The C++ source is ``native_kernels.cpp`` beside this module.
@@ -314,19 +317,50 @@ def _split(flat):
     return [list(flat[i::5]) for i in range(5)]
 
 
+class StepArgs(NamedTuple):
+    """The regularisers inside the step, as the C++ kernels take them (per direction; empty lists: off):
+    recurrent-dropout masks (B, H), scaled; zoneout keep masks of h (T, B, H) and of c (T, B, K H), 0/1 in the
+    input's dtype (training); the zoneout probabilities of h and c for the expectation (eval; 0: off)."""
+
+    rmask: list
+    zh: list
+    zc: list
+    ph: float = 0.0
+    pc: float = 0.0
+
+
+NO_STEP_ARGS = StepArgs([], [], [])
+
+
+def step_args(step_regs, dtype) -> StepArgs:
+    """:class:`StepArgs` of a layer's :class:`~cerebral_rnn.regularise.StepRegs` (one per direction; None: off).
+    Layer norm is not among them (the layer does not send it here)."""
+    if step_regs is None:
+        return NO_STEP_ARGS
+
+    def each(name):
+        ts = [getattr(r, name) for r in step_regs]
+        return [] if any(t is None for t in ts) else [t.detach().to(dtype).contiguous() for t in ts]
+
+    r0 = step_regs[0]
+    return StepArgs(each("h_mask"), each("zone_h"), each("zone_c"), 0.0 if r0.training else float(r0.p_h),
+                    0.0 if r0.training else float(r0.p_c))
+
+
 class NativeFunction(torch.autograd.Function):
-    """One layer (every direction) with hand-written BPTT in C++. Inputs: a plan, the recurrent-dropout masks
-    (a list, one (B, H) per direction, scaled; empty: none), ``x`` (T, B, I), ``h_0`` (D, B, H), ``c_0``
-    (D, B, K H) or None, then per direction ``w_ih, w_hh, b_ih, b_hh, peephole`` (absent ones None). Outputs:
-    ``y`` (T, B, D H), ``h_n`` and, for kinds with a cell, ``c_n``."""
+    """One layer (every direction) with hand-written BPTT in C++. Inputs: a plan, the step's regularisers
+    (:class:`StepArgs`), ``x`` (T, B, I), ``h_0`` (D, B, H), ``c_0`` (D, B, K H) or None, then per direction
+    ``w_ih, w_hh, b_ih, b_hh, peephole`` (absent ones None). Outputs: ``y`` (T, B, D H), ``h_n`` and, for kinds
+    with a cell, ``c_n``."""
 
     @staticmethod
-    def forward(ctx, plan, masks, x, h0, c0, *flat):
+    def forward(ctx, plan, regs, x, h0, c0, *flat):
         ext = _load()
         w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
         x = x.contiguous()
+        masks = regs.rmask
         out = ext.forward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, True, plan.fwd_mode,
-                          plan.threads, plan.chunk_rows, masks)
+                          plan.threads, plan.chunk_rows, *regs)
         y, h_n, c_n = out[0], out[1], out[2]
         # per direction and path: activations (D K), then cell states or GRU's W_hn h + b_hn (D K); then, with
         # recurrent dropout, per direction the masked h_prev of every step (D)
@@ -335,6 +369,7 @@ class NativeFunction(torch.autograd.Function):
         ctx.plan = plan
         ctx.n_saved = len(saved)
         ctx.n_masks = n_hm
+        ctx.zone = (regs.zh, regs.zc, regs.ph, regs.pc)  # constants (masks drawn before the call), not outputs
         ctx.save_for_backward(x, h0, c0, y, *flat, *saved, *masks, *out[len(out) - n_hm:])
         if plan.has_cell:
             return y, h_n, c_n
@@ -355,11 +390,11 @@ class NativeFunction(torch.autograd.Function):
         D = len(flat) // 5
         w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
         acts, states = list(rest[: n // 2]), list(rest[n // 2:])
-        need = ctx.needs_input_grad[1:]  # (masks, x, h0, c0, *flat)
+        need = ctx.needs_input_grad[1:]  # (regs, x, h0, c0, *flat)
         pneed = [any(need[4 + 5 * d + i] for d in range(D)) for i in range(5)]
         needs = [need[1], need[2], bool(need[3]), *pneed]
         res = _load().backward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, y, acts, states,
-                               dy, dh_n, dc_n, needs, plan.bwd_mode, plan.threads, masks, hms)
+                               dy, dh_n, dc_n, needs, plan.bwd_mode, plan.threads, masks, hms, *ctx.zone)
         dx, dh0, dc0 = res[0], res[1], res[2]
         grads = []
         for d in range(D):
@@ -428,23 +463,23 @@ class NativeBackend:
         return Plan(spec.kind.native_id, spec.paths, fwd, bwd, self._threads(x, spec), self._chunk_rows(x, spec),
                     spec.kind.has_cell)
 
-    def forward_layer(self, spec, x, states, weights, batch_sizes, h_masks=None):
-        """As every backend's; ``h_masks``: recurrent dropout, one (B, H) mask per direction (scaled by 1 / (1 - p),
-        in the input's dtype) applied to h where it enters ``W_hh h`` at every step, or None."""
+    def forward_layer(self, spec, x, states, weights, batch_sizes, step_regs=None):
+        """As every backend's; ``step_regs``: the layer's recurrent dropout and zoneout, one
+        :class:`~cerebral_rnn.regularise.StepRegs` per direction (without layer norm), or None."""
         plan = self.plan(spec, x)
         h0 = states[0]
         c0 = states[1] if spec.kind.has_cell else None
-        masks = [] if h_masks is None else [m.detach().to(x.dtype).contiguous() for m in h_masks]
+        regs = step_args(step_regs, x.dtype)
         flat = []
         for w in weights:
             flat += [w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.peephole]
         if needs_grad(x, states, weights):
-            out = NativeFunction.apply(plan, masks, x, h0, c0, *flat)
+            out = NativeFunction.apply(plan, regs, x, h0, c0, *flat)
         else:
             w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
             with torch.no_grad():
                 out = _load().forward(plan.kind, plan.paths, x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, peep,
-                                      False, plan.fwd_mode, plan.threads, plan.chunk_rows, masks)[:3]
+                                      False, plan.fwd_mode, plan.threads, plan.chunk_rows, *regs)[:3]
         if spec.kind.has_cell:
             return out[0], (out[1], out[2])
         return out[0], (out[1],)

@@ -171,6 +171,11 @@ struct Dir {
   // time (training: T slots, saved for the backward; inference: 2 alternating slots), written by the step before
   const T* rmask = nullptr;
   T* hm = nullptr;
+  // zoneout: the fraction of h (and of each path's c) kept from the step before, per element: training masks
+  // zh (T, B, H), zc (T, B, K H) of 0/1, or at eval the probabilities ph, pc (0: off)
+  const T* zh = nullptr;
+  const T* zc = nullptr;
+  T ph = 0, pc = 0;
   bool train = false, own = true;
 
   int64_t ys() const { return D * H; }
@@ -183,6 +188,14 @@ struct Dir {
   const T* ghprev(int64_t t) const { return rmask ? hm + hm_slot(t) * B * H : hprev(t); }  // what W_hh multiplies
   int64_t ghs(int64_t t) const { return rmask ? H : hs(t); }
   int64_t tnext(int64_t t) const { return reverse ? t - 1 : t + 1; }
+  bool zone_h() const { return zh != nullptr || ph != T(0); }
+  bool zone_c() const { return zc != nullptr || pc != T(0); }
+  Vec<T> keep_h(int64_t t, int64_t b, int64_t j0, int cnt) const {
+    return zh ? Vec<T>::loadu(zh + (t * B + b) * H + j0, cnt) : Vec<T>(ph);
+  }
+  Vec<T> keep_c(int64_t t, int64_t b, int64_t k, int64_t j0, int cnt) const {
+    return zc ? Vec<T>::loadu(zc + (t * B + b) * K * H + k * H + j0, cnt) : Vec<T>(pc);
+  }
   int64_t slot_new(int64_t t) const { return reverse ? t : t + 1; }
   int64_t slot_prev(int64_t t) const { return reverse ? t + 1 : t; }
   int64_t time(int64_t s) const { return reverse ? T_ - 1 - s : s; }
@@ -325,7 +338,12 @@ inline void fwd_row(const Dir<T>& a, int64_t t, int64_t gx_step, int64_t cp, int
       if constexpr (KIND == PEEPHOLE) ao = at::vec::fmadd(wco, c1, ao);
       const VT o = v_sigmoid<T>(ao);
       out = o * v_tanh<T>(c1);
-      c1.store(cbase + cn * B * H + co, cnt);
+      if (a.zone_c()) {  // zoneout: the carried c keeps a fraction of the step before's; the output reads c1
+        const VT kc = a.keep_c(t, b, k, j0, cnt);
+        (kc * c0 + (one - kc) * c1).store(cbase + cn * B * H + co, cnt);
+      } else {
+        c1.store(cbase + cn * B * H + co, cnt);
+      }
       if (a.train) {
         i.store(row, cnt);
         f.store(row + H, cnt);
@@ -336,6 +354,10 @@ inline void fwd_row(const Dir<T>& a, int64_t t, int64_t gx_step, int64_t cp, int
     hsum = k == 0 ? out : hsum + out;
   }
   if (KIND == GRU && a.K > 1) hsum = hsum / VT(T(a.K));  // the mean of the paths' updates
+  if (a.zone_h()) {  // zoneout: h keeps a fraction of the step before's
+    const VT kh = a.keep_h(t, b, j0, cnt);
+    hsum = kh * VT::loadu(a.hprev(t) + b * a.hs(t) + j0, cnt) + (one - kh) * hsum;
+  }
   hsum.store(a.y + t * B * a.ys() + a.d * H + b * a.ys() + j0, cnt);
   if (a.rmask) {  // recurrent dropout: what the next step's W_hh multiplies
     const int64_t tn = a.tnext(t);
@@ -402,7 +424,9 @@ void bwd_pointwise(const Dir<T>& a, int64_t t, int64_t u) {
       const int64_t hs = a.hs(t);
       VT sr(T(0)), sz(T(0)), sn(T(0)), shn(T(0));  // this step's column sums (bias gradients)
       for (int64_t b = 0; b < B; ++b) {
-        const VT dh = VT::loadu(a.dh + b * H + j0, cnt);
+        const VT dhc = VT::loadu(a.dh + b * H + j0, cnt);  // d loss / d h_t (the carried h)
+        const VT kh = a.zone_h() ? a.keep_h(t, b, j0, cnt) : VT(T(0));
+        const VT dh = a.zone_h() ? (one - kh) * dhc : dhc;  // the un-zoned update's share
         const VT dout = a.K > 1 ? dh / VT(T(a.K)) : dh;
         const T* row = act + b * GH;
         const VT r = VT::loadu(row, cnt), z = VT::loadu(row + H, cnt), n = VT::loadu(row + 2 * H, cnt);
@@ -426,7 +450,10 @@ void bwd_pointwise(const Dir<T>& a, int64_t t, int64_t u) {
         sn = sn + dan;
         shn = shn + dhn;
         VT direct = dout * z;
-        if (k > 0) direct = VT::loadu(a.dir + b * H + j0, cnt) + direct;
+        if (k > 0)
+          direct = VT::loadu(a.dir + b * H + j0, cnt) + direct;
+        else if (a.zone_h())
+          direct = kh * dhc + direct;  // zoneout: h_{t-1} kept
         direct.store(a.dir + b * H + j0, cnt);
       }
       if (a.dbx[k]) {
@@ -453,14 +480,23 @@ void bwd_pointwise(const Dir<T>& a, int64_t t, int64_t u) {
         wco = VT::loadu(a.peep[k] + 2 * H + j0, cnt);
       }
       for (int64_t b = 0; b < B; ++b) {
-        const VT dh = VT::loadu(a.dh + b * H + j0, cnt);
+        VT dh = VT::loadu(a.dh + b * H + j0, cnt);  // d loss / d h_t (the carried h)
+        if (a.zone_h()) {  // zoneout: the un-zoned update's share; the kept share goes straight to h_{t-1}
+          const VT kh = a.keep_h(t, b, j0, cnt);
+          if (k == 0) (kh * dh).store(a.dir + b * H + j0, cnt);
+          dh = (one - kh) * dh;
+        }
         const T* row = act + b * GH;
         const VT i = VT::loadu(row, cnt), f = VT::loadu(row + H, cnt), g = VT::loadu(row + 2 * H, cnt),
                  o = VT::loadu(row + 3 * H, cnt);
-        const VT c0 = VT::loadu(cprev + b * H, cnt), c1 = VT::loadu(cnew + b * H, cnt);
+        const VT c0 = VT::loadu(cprev + b * H, cnt);
+        // the un-zoned new cell (what the output read): recomputed exactly as the forward made it under zoneout
+        const VT c1 = a.zone_c() ? at::vec::fmadd(f, c0, i * g) : VT::loadu(cnew + b * H, cnt);
         const VT tc = v_tanh<T>(c1);
         const VT dao = dh * tc * o * (one - o);
-        VT dc = at::vec::fmadd(dh * o, one - tc * tc, VT::loadu(dcb + b * H, cnt));
+        const VT dcc = VT::loadu(dcb + b * H, cnt);  // d loss / d c_t (the carried c)
+        const VT kc = a.zone_c() ? a.keep_c(t, b, k, j0, cnt) : VT(T(0));
+        VT dc = at::vec::fmadd(dh * o, one - tc * tc, a.zone_c() ? (one - kc) * dcc : dcc);
         if constexpr (KIND == PEEPHOLE) dc = at::vec::fmadd(dao, wco, dc);
         const VT dai = dc * g * i * (one - i);
         const VT daf = dc * c0 * f * (one - f);
@@ -473,6 +509,7 @@ void bwd_pointwise(const Dir<T>& a, int64_t t, int64_t u) {
           scf = at::vec::fmadd(daf, c0, scf);
           sco = at::vec::fmadd(dao, c1, sco);
         }
+        if (a.zone_c()) dcp = kc * dcc + dcp;  // zoneout: c_{t-1} kept
         T* gr = dgx + b * GH;
         dai.store(gr, cnt);
         daf.store(gr + H, cnt);
@@ -561,7 +598,7 @@ inline void bwd_block(const Dir<T>& a, int64_t t, const T* dyp, int64_t u, int64
   auto direct = [&](int r, int n) {
     const int64_t j = (u + n) * V;
     VT v = dyp ? VT::loadu(dyp + (rb + r) * a.ys() + j, cnt[n]) : VT(T(0));
-    if constexpr (KIND == GRU) v = v + VT::loadu(a.dir + (rb + r) * H + j, cnt[n]);
+    if (a.dir) v = v + VT::loadu(a.dir + (rb + r) * H + j, cnt[n]);  // GRU's z h term, zoneout's kept h
     return v;
   };
   VT acc[MR][NR];
@@ -837,7 +874,8 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
                                  const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
                                  const std::vector<Tensor>& b_ih, const std::vector<Tensor>& b_hh,
                                  const std::vector<Tensor>& peep, bool train, int64_t mode, int64_t threads,
-                                 int64_t chunk_rows, const std::vector<Tensor>& rmask) {
+                                 int64_t chunk_rows, const std::vector<Tensor>& rmask, const std::vector<Tensor>& zh,
+                                 const std::vector<Tensor>& zc, double ph, double pc) {
   constexpr int V = Vec<T>::size();
   constexpr int G = gates<KIND>();
   const int64_t K = L.K, T_ = L.T_, B = L.B, I = L.I, H = L.H, D = L.D, GH = G * H;
@@ -868,6 +906,9 @@ std::vector<Tensor> forward_impl(const Layer& L, const Tensor& x, const Tensor& 
       hm[a.hm_slot(a.reverse ? T_ - 1 : 0)].copy_(h0d * rmask[d]);  // what the first step's W_hh multiplies
       if (train) saved_hm.push_back(hm);
     }
+    a.zh = zh.empty() ? nullptr : zh[d].data_ptr<T>();
+    a.zc = zc.empty() ? nullptr : zc[d].data_ptr<T>();
+    a.ph = static_cast<T>(ph), a.pc = static_cast<T>(pc);
     const std::vector<Tensor> prep =
         prepare_dir<T, KIND>(K, H, w_ih[d], w_hh[d], b_ih[d], b_hh[d], peep[d], mode == GEMM_OWN);
     std::vector<Tensor> wih(K), bx(K), whh_lib(K), packed(K), bh_t(K), gx(K), gh(K), cst(K);
@@ -999,7 +1040,9 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
                                   const std::vector<Tensor>& peep, const Tensor& y, const std::vector<Tensor>& acts,
                                   const std::vector<Tensor>& states, const Tensor& dy, const Tensor& dh_n,
                                   const Tensor& dc_n, const std::vector<bool>& needs, int64_t mode, int64_t threads,
-                                  const std::vector<Tensor>& rmask, const std::vector<Tensor>& hms) {
+                                  const std::vector<Tensor>& rmask, const std::vector<Tensor>& hms,
+                                  const std::vector<Tensor>& zh, const std::vector<Tensor>& zc, double ph,
+                                  double pc) {
   constexpr int V = Vec<T>::size();
   constexpr int G = gates<KIND>();
   const int64_t K = L.K, T_ = L.T_, B = L.B, I = L.I, H = L.H, D = L.D, GH = G * H;
@@ -1026,6 +1069,9 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
     const bool masked = !rmask.empty();
     Tensor rmask_d = masked ? rmask[d] : Tensor();
     if (masked) a.rmask = rmask_d.data_ptr<T>();
+    a.zh = zh.empty() ? nullptr : zh[d].data_ptr<T>();
+    a.zc = zc.empty() ? nullptr : zc[d].data_ptr<T>();
+    a.ph = static_cast<T>(ph), a.pc = static_cast<T>(pc);
     a.dy = dy.data_ptr<T>();
     std::vector<Tensor> keep, dgx(K), dgh(K), dcs(K), dps(K), dbx(K), dbh(K), whh_lib(K), packed(K);
     for (int64_t k = 0; k < K; ++k) {
@@ -1072,8 +1118,9 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
     const int64_t t_first = a.reverse ? 0 : T_ - 1;
     Tensor dh = (dh_n[d] + dy[t_first].narrow(1, d * H, H)).contiguous();  // (B, H)
     a.dh = dh.data_ptr<T>();
-    Tensor dir = KIND == GRU ? at::empty({B, H}, opt) : Tensor();
-    a.dir = KIND == GRU ? dir.data_ptr<T>() : nullptr;
+    // the direct term of dh_prev: GRU's z h, zoneout's kept h (written by every step's pointwise part)
+    Tensor dir = KIND == GRU || a.zone_h() ? at::empty({B, H}, opt) : Tensor();
+    a.dir = dir.defined() ? dir.data_ptr<T>() : nullptr;
     auto dy_prev = [&](int64_t s) -> const T* {  // forward step s: dy at the time of its h_prev; none for h_0
       if (s == 0) return nullptr;
       const int64_t tp = a.reverse ? a.time(s) + 1 : a.time(s) - 1;
@@ -1109,7 +1156,7 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
             dh.copy_(init);
           else
             dh.zero_();
-          if (KIND == GRU) dh.add_(dir);
+          if (dir.defined()) dh.add_(dir);
         }
         for (int64_t k = 0; k < K; ++k) {
           Tensor g = (KIND == GRU ? dgh[k] : dgx[k])[t];
@@ -1121,7 +1168,7 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
         if (masked) {
           dh.copy_(sum * rmask_d);
           if (init.defined()) dh.add_(init);
-          if (KIND == GRU) dh.add_(dir);
+          if (dir.defined()) dh.add_(dir);
         }
       }
     }
@@ -1204,6 +1251,24 @@ void check_masks(std::vector<Tensor>& rmask, const Tensor& x, const std::vector<
   }
 }
 
+// Zoneout masks: none, or one per direction, (T, B, H) for h and (T, B, K H) for c, 0/1 in the input's dtype.
+void check_zoneout(int64_t kind, int64_t K, std::vector<Tensor>& zh, std::vector<Tensor>& zc, const Tensor& x,
+                   const std::vector<Tensor>& w_hh) {
+  const int64_t H = w_hh[0].size(1);
+  for (auto* v : {&zh, &zc}) {
+    if (v->empty()) continue;
+    TORCH_CHECK(v->size() == w_hh.size(), "cerebral_rnn native: one zoneout mask per direction");
+    const int64_t width = v == &zh ? H : K * H;
+    TORCH_CHECK(v == &zh || kind != GRU, "cerebral_rnn native: the GRU has no c to zone out");
+    for (auto& m : *v) {
+      TORCH_CHECK(m.dim() == 3 && m.size(0) == x.size(0) && m.size(1) == x.size(1) && m.size(2) == width &&
+                      m.scalar_type() == x.scalar_type(),
+                  "cerebral_rnn native: a zoneout mask is (T, B, H) for h, (T, B, K H) for c, in the input's dtype");
+      m = m.contiguous();
+    }
+  }
+}
+
 void check_args(int64_t kind, int64_t K, const Tensor& x, const std::vector<Tensor>& w_hh) {
   TORCH_CHECK(kind == LSTM || kind == PEEPHOLE || kind == GRU, "cerebral_rnn native: unknown kind ", kind);
   TORCH_CHECK(K >= 1, "cerebral_rnn native: paths must be >= 1");
@@ -1236,9 +1301,11 @@ std::vector<Tensor> forward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::o
                             std::vector<Tensor> w_ih, std::vector<Tensor> w_hh,
                             std::vector<std::optional<Tensor>> b_ih, std::vector<std::optional<Tensor>> b_hh,
                             std::vector<std::optional<Tensor>> peep, bool train, int64_t mode, int64_t threads,
-                            int64_t chunk_rows, std::vector<Tensor> rmask) {
+                            int64_t chunk_rows, std::vector<Tensor> rmask, std::vector<Tensor> zh,
+                            std::vector<Tensor> zc, double ph, double pc) {
   check_args(kind, K, x, w_hh);
   check_masks(rmask, x, w_hh);
+  check_zoneout(kind, K, zh, zc, x, w_hh);
   at::NoGradGuard no_grad;
   const Layer L = layer_of(kind, K, x, w_hh);
   for (auto& w : w_ih) w = w.contiguous();
@@ -1248,7 +1315,7 @@ std::vector<Tensor> forward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::o
   return dispatch(kind, x.scalar_type(), [&](auto tv, auto kv) {
     using T = decltype(tv);
     return forward_impl<T, decltype(kv)::value>(L, x, h0, c, w_ih, w_hh, bi, bh, pp, train, mode, threads,
-                                                 chunk_rows, rmask);
+                                                 chunk_rows, rmask, zh, zc, ph, pc);
   });
 }
 
@@ -1258,9 +1325,11 @@ std::vector<Tensor> backward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::
                              std::vector<std::optional<Tensor>> peep, Tensor y, std::vector<Tensor> acts,
                              std::vector<Tensor> states, Tensor dy, Tensor dh_n, std::optional<Tensor> dc_n,
                              std::vector<bool> needs, int64_t mode, int64_t threads, std::vector<Tensor> rmask,
-                             std::vector<Tensor> hms) {
+                             std::vector<Tensor> hms, std::vector<Tensor> zh, std::vector<Tensor> zc, double ph,
+                             double pc) {
   check_args(kind, K, x, w_hh);
   check_masks(rmask, x, w_hh);
+  check_zoneout(kind, K, zh, zc, x, w_hh);
   TORCH_CHECK(hms.size() == rmask.size(), "cerebral_rnn native: one saved h_prev * mask per masked direction");
   for (auto& t : hms) t = t.contiguous();
   TORCH_CHECK(needs.size() == 8, "cerebral_rnn native: needs has 8 flags");
@@ -1276,7 +1345,7 @@ std::vector<Tensor> backward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::
   return dispatch(kind, x.scalar_type(), [&](auto tv, auto kv) {
     using T = decltype(tv);
     return backward_impl<T, decltype(kv)::value>(L, x, h0, c, w_ih, w_hh, bi, bh, pp, y, acts, states, dy, dh_n,
-                                                  dc, needs, mode, threads, rmask, hms);
+                                                  dc, needs, mode, threads, rmask, hms, zh, zc, ph, pc);
   });
 }
 
