@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the recurrent layer's weight dropout (DropConnect on W_hh, every backend), every arm, when "
                         "not tuning (default 0)")
     g.add_argument("--recurrent-dropout", type=_dropout, metavar="P",
-                   help="the recurrent layer's variational dropout of h where it enters W_hh h (runs the reference "
-                        "time loop: slow), every arm, when not tuning (default 0)")
+                   help="the recurrent layer's variational dropout of h where it enters W_hh h, every arm, when not "
+                        "tuning (default 0; the Cerebral arms run it natively, the one-path LSTM and GRU arms on the "
+                        "library's reference time loop: slower)")
     g.add_argument("--split", type=_split, metavar="TR/VA/TE", default=None,
                    help="train/validation/test percentages (default: 90/5/5 contiguous for charlm; 80/10/10 "
                         "stratified for classify; 80/10/10 of each seed's generated examples for adding, copy)")
@@ -274,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tuning: also draw the forget-gate bias of each trial from {0, 1} (preset: on for paper)")
     t.add_argument("--tune-recurrent", action="store_true", default=None,
                    help="tuning: also draw the recurrent layer's weight dropout and recurrent dropout from "
-                        "[0, --dropout-max] (recurrent dropout runs the reference time loop: many times slower)")
+                        "[0, --dropout-max] (the one-path LSTM and GRU arms then run the reference time loop: "
+                        "slower)")
     t.add_argument("--storage", metavar="URL", default=None,
                    help="tuning: the Optuna storage (any SQLAlchemy URL, e.g. postgresql://host/db, to share the "
                         "studies between machines); default: sqlite in --out/tuning.db")
