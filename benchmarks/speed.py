@@ -7,20 +7,30 @@ model has the shape's L layers, except ``lstm-2layer``, which has 2L (the stacke
 name                       module                                           baseline target: train /
                                                                                      infer / memory
 ========================== ================================================ ======== =================
-``cerebral-auto``          CerebralLSTM(I, H), K = 2 paths, backend auto    lstm     2.2 / 2.2 / 2.2
-``cerebral-k3-auto``       CerebralLSTM(I, H, num_paths=3), backend auto    lstm     3.3 / 3.3 / -
-``cerebral-peephole-auto`` CerebralPeepholeLSTM(I, H), backend auto         lstm     2.5 / 2.5 / -
-``cerebral-gru-auto``      CerebralGRU(I, H), backend auto                  gru      2.5 / 2.5 / -
+``cerebral-auto``          CerebralLSTM(I, H), K = 2 paths, backend auto    lstm     2.0 / 2.0 / 1.5
+``cerebral-k3-auto``       CerebralLSTM(I, H, num_paths=3), backend auto    lstm     3.0 / 3.0 / -
+``cerebral-peephole-auto`` CerebralPeepholeLSTM(I, H), backend auto         lstm     2.2 / 2.2 / -
+``cerebral-gru-auto``      CerebralGRU(I, H), backend auto                  gru      2.0 / 2.0 / -
+``cerebral-k1-auto``       CerebralLSTM(I, H, num_paths=1), backend auto    lstm     -
+``cerebral-gru-k1-auto``   CerebralGRU(I, H, num_paths=1), backend auto     gru      -
 ``cerebral-reference``     CerebralLSTM(I, H), backend reference (the loop) lstm     -
 ``lstm``                   nn.LSTM(I, H): the baseline                      lstm     -
-``gru``                    nn.GRU(I, H): cerebral-gru-auto's baseline       lstm     -
+``gru``                    nn.GRU(I, H): the GRU models' baseline           lstm     -
+``lstm-lib``               cerebral_rnn.LSTM(I, H)                          lstm     1.0 / 1.0 / -
+``gru-lib``                cerebral_rnn.GRU(I, H)                           gru      1.0 / 1.0 / -
 ``lstm-2layer``            nn.LSTM(I, H, num_layers=2L)                     lstm     -
 ``lstm-matched``           nn.LSTM(I, H'), about cerebral-auto's params     lstm     -
 ========================== ================================================ ======== =================
 
 ``cerebral-reference`` is slow and runs only with ``--with-reference`` or when ``--models`` names it. The
-targets are issue #10's (K = 2: 2.2x nn.LSTM(H) for training, inference and memory) and issue #9's (K paths:
-1.1 K x nn.LSTM(H); peephole: 2.5x nn.LSTM(H); GRU: 2.5x nn.GRU(H)).
+targets are the speed issue's: K = 2 at the FLOP ratio, 2.0x nn.LSTM(H) (training, inference), peak training
+memory 1.5x; K = 3 3.0x; peephole 2.2x; CerebralGRU 2.0x nn.GRU(H); the library's one-path LSTM and GRU 1.0x
+torch's. The K = 1 Cerebral rows show the native loop with one path against torch's layers (no target).
+
+Throughput: every model's achieved GFLOP/s, from the matrix products' multiply-adds (per layer and path
+``2 T B G H (in + H)``, G = 4 for the LSTM kinds, 3 for the GRU; training counted as 3x the forward), and that as
+a fraction of the machine's ``torch.mm`` peak, measured once before the grid (``mm_peak_gflops``: a square
+float32 product, 2048 (256 with ``--quick``), the same threads; median of 5 calls).
 
 Shapes are (T, B, I, H[, L]) = (steps, batch, input size, hidden size, layers). The default grid is the 7
 one-layer shapes of the README plus pytorch/examples' word_language_model as a client would run it: two
@@ -56,14 +66,16 @@ The JSON report (``"schema": 2``)::
               isa_flags {avx2, avx512f, avx512_bf16, amx}, cpu_capability,
               env {ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, DNNL_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS,
               OMP_NUM_THREADS, MKL_NUM_THREADS, CEREBRAL_RNN_NATIVE}, native {ready, unavailable_reason,
-              build_target, origin, load_seconds} (null on CUDA), threads, interop_threads, cpu_count, cpus_available, memory_bytes,
-              mkldnn, torch, python, os, machine, load_average_start, load_average_end (1/5/15 min),
+              build_target, origin, load_seconds} (null on CUDA), threads, interop_threads, cpu_count,
+              cpus_available, memory_bytes, mkldnn, torch, python, os, machine, load_average_start,
+              load_average_end (1/5/15 min), l2_cache (lscpu's L2 line), mm_peak_gflops {n, gflops},
               gpu {name, memory_bytes, capability, cuda, cudnn} (null on the CPU)
     settings  runs, repeats, quick, models, shapes, statistic, baseline, memory_method
     results   one per shape: shape {T, B, I, H, L, train, infer}, label,
               models {name: describe, baseline, targets {train, infer, memory}, params, hidden_size,
-                      num_layers, num_paths, train_backend, train_backends (per layer), train_ms (median over
-                      runs), infer_backend, infer_backends, infer_ms, peak_train_bytes},
+                      num_layers, num_paths, gates, input_size, train_backend, train_backends (per layer),
+                      train_ms (median over runs), train_gflops, infer_backend, infer_backends, infer_ms,
+                      infer_gflops, peak_train_bytes},
               ratios {name: baseline, train {median, min, max, runs}, infer {...}, memory, over_target},
               passes [one per run: models {name: train_ms, train_ms_runs, train_backend, infer_...},
                       ratios {name: {train, infer}}, load_average]
@@ -73,13 +85,13 @@ in ``passes``; memory is null where it is not measured (inference-only shapes, n
 
 Usage::
 
-    python benchmarks/speed.py                # CPU, the grid, 3 runs: bench-results/speed-cpu-<isa>.json
-    python benchmarks/speed.py --quick        # seconds: bench-results/speed-cpu-<isa>-quick.json
-    python benchmarks/speed.py --device cuda  # bench-results/speed-cuda-<isa>.json
+    python benchmarks/speed.py                # the grid, 3 runs: bench-results/speed-cpu-<cpu model>-<isa>.json
+    python benchmarks/speed.py --quick        # seconds: bench-results/speed-cpu-<cpu model>-<isa>-quick.json
+    python benchmarks/speed.py --device cuda  # bench-results/speed-cuda-<gpu model>-<isa>.json
     python benchmarks/speed.py --shapes 100,64,32,128 35,20,64,64,2:train --models cerebral-auto --runs 5
     python benchmarks/speed.py --with-reference --markdown table.md --json out.json
 
-    # the AVX2 code paths on an AVX-512 machine: bench-results/speed-cpu-avx2.json
+    # the AVX2 code paths on an AVX-512 machine: bench-results/speed-cpu-<cpu model>-avx2.json
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/speed.py
 
 (``ATEN_CPU_CAPABILITY`` lowers torch's own kernels and, through it, the ``native`` backend's variant, which
@@ -98,6 +110,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -115,6 +128,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
 import cerebral_rnn.backends as cerebral_backends
+from cerebral_rnn import GRU as LibGRU
+from cerebral_rnn import LSTM as LibLSTM
 from cerebral_rnn import CerebralGRU, CerebralLSTM, CerebralPeepholeLSTM
 
 SCHEMA = 2  # version of the JSON layout (1: one pass, one layer, no machine record)
@@ -190,14 +205,18 @@ def _targets(train=None, infer=None, memory=None) -> dict:
 
 
 MODELS = {m.name: m for m in [
-    Model("cerebral-auto", "CerebralLSTM(I, H), K=2, backend auto", "lstm", _targets(2.2, 2.2, 2.2),
+    Model("cerebral-auto", "CerebralLSTM(I, H), K=2, backend auto", "lstm", _targets(2.0, 2.0, 1.5),
           lambda I, H, L, d: CerebralLSTM(I, H, L, device=d)),
-    Model("cerebral-k3-auto", "CerebralLSTM(I, H, num_paths=3), backend auto", "lstm", _targets(3.3, 3.3),
+    Model("cerebral-k3-auto", "CerebralLSTM(I, H, num_paths=3), backend auto", "lstm", _targets(3.0, 3.0),
           lambda I, H, L, d: CerebralLSTM(I, H, L, num_paths=3, device=d)),
-    Model("cerebral-peephole-auto", "CerebralPeepholeLSTM(I, H), backend auto", "lstm", _targets(2.5, 2.5),
+    Model("cerebral-peephole-auto", "CerebralPeepholeLSTM(I, H), backend auto", "lstm", _targets(2.2, 2.2),
           lambda I, H, L, d: CerebralPeepholeLSTM(I, H, L, device=d)),
-    Model("cerebral-gru-auto", "CerebralGRU(I, H), backend auto", "gru", _targets(2.5, 2.5),
+    Model("cerebral-gru-auto", "CerebralGRU(I, H), backend auto", "gru", _targets(2.0, 2.0),
           lambda I, H, L, d: CerebralGRU(I, H, L, device=d)),
+    Model("cerebral-k1-auto", "CerebralLSTM(I, H, num_paths=1), backend auto", "lstm", _targets(),
+          lambda I, H, L, d: CerebralLSTM(I, H, L, num_paths=1, device=d)),
+    Model("cerebral-gru-k1-auto", "CerebralGRU(I, H, num_paths=1), backend auto", "gru", _targets(),
+          lambda I, H, L, d: CerebralGRU(I, H, L, num_paths=1, device=d)),
     Model("cerebral-reference", "CerebralLSTM(I, H), backend reference", "lstm", _targets(),
           lambda I, H, L, d: CerebralLSTM(I, H, L, backend="reference", device=d)),
     # the regularisers (cerebral_rnn.regularise), against the same layer unregularised; opt-in (--models): the
@@ -212,6 +231,10 @@ MODELS = {m.name: m for m in [
           lambda I, H, L, d: CerebralLSTM(I, H, L, device=d, layer_norm=True)),
     Model("lstm", "nn.LSTM(I, H)", "lstm", _targets(), lambda I, H, L, d: nn.LSTM(I, H, L, device=d)),
     Model("gru", "nn.GRU(I, H)", "lstm", _targets(), lambda I, H, L, d: nn.GRU(I, H, L, device=d)),
+    Model("lstm-lib", "cerebral_rnn.LSTM(I, H)", "lstm", _targets(1.0, 1.0),
+          lambda I, H, L, d: LibLSTM(I, H, L, device=d)),
+    Model("gru-lib", "cerebral_rnn.GRU(I, H)", "gru", _targets(1.0, 1.0),
+          lambda I, H, L, d: LibGRU(I, H, L, device=d)),
     Model("lstm-2layer", "nn.LSTM(I, H, num_layers=2L)", "lstm", _targets(),
           lambda I, H, L, d: nn.LSTM(I, H, 2 * L, device=d)),
     Model("lstm-matched", "nn.LSTM(I, H') with about cerebral-auto's parameter count", "lstm", _targets(),
@@ -220,7 +243,7 @@ MODELS = {m.name: m for m in [
 REGULARISED = ["cerebral-weight-dropout", "cerebral-recurrent-dropout", "cerebral-zoneout", "cerebral-layer-norm"]
 DEFAULT_MODELS = [n for n in MODELS if n != "cerebral-reference" and n not in REGULARISED]
 CEREBRAL_KINDS = ["cerebral-auto", "cerebral-k3-auto", "cerebral-peephole-auto", "cerebral-gru-auto",
-                  "cerebral-reference"]
+                  "cerebral-k1-auto", "cerebral-gru-k1-auto", "lstm-lib", "gru-lib", "cerebral-reference"]
 
 
 def select_models(names: list[str] | None, with_reference: bool) -> list[str]:
@@ -404,7 +427,31 @@ def measure_pass(shape: Shape, names: list[str], repeats: int, device: str, in_u
         out[name]["hidden_size"] = m.hidden_size
         out[name]["num_layers"] = m.num_layers
         out[name]["num_paths"] = getattr(m, "num_paths", 1)
+        kind = getattr(m, "kind", None)
+        out[name]["gates"] = kind.gate_blocks if kind is not None else (3 if isinstance(m, nn.GRU) else 4)
+        out[name]["input_size"] = m.input_size
     return out
+
+
+def forward_flops(rec: dict, shape: Shape) -> int:
+    """Multiply-adds x 2 of one forward call's matrix products: per layer and path 2 T B G H (in + H)."""
+    H, G, K = rec["hidden_size"], rec["gates"], rec["num_paths"]
+    return sum(2 * shape.T * shape.B * K * G * H * ((rec["input_size"] if layer == 0 else H) + H)
+               for layer in range(rec["num_layers"]))
+
+
+def mm_peak_gflops(device: str, n: int) -> float:
+    """GFLOP/s of a square float32 ``torch.mm`` of size ``n`` with this process's threads (median of 5 calls)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    times = []
+    for _ in range(5):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 # -- statistics ------------------------------------------------------------------------------------------
@@ -434,12 +481,15 @@ def summarize(shape: Shape, measured: list[dict]) -> dict:
     for name in names:
         spec, r = MODELS[name], first[name]
         rec = {"describe": spec.describe, "baseline": spec.baseline, "targets": spec.targets,
-               **{k: r[k] for k in ("params", "hidden_size", "num_layers", "num_paths")}}
+               **{k: r[k] for k in ("params", "hidden_size", "num_layers", "num_paths", "gates", "input_size")}}
+        fwd = forward_flops(rec, shape)
         for mode in ("train", "infer"):
             per_pass = [p[name][f"{mode}_ms"] for p in passes if f"{mode}_ms" in p[name]]
             rec[f"{mode}_backend"] = r.get(f"{mode}_backend")
             rec[f"{mode}_backends"] = r.get(f"{mode}_backends")
             rec[f"{mode}_ms"] = statistics.median(per_pass) if per_pass else None
+            flops = fwd * (3 if mode == "train" else 1)
+            rec[f"{mode}_gflops"] = flops / (rec[f"{mode}_ms"] * 1e-3) / 1e9 if rec[f"{mode}_ms"] else None
         rec["peak_train_bytes"] = r.get("peak_train_bytes")
         entry["models"][name] = rec
     for name in names:
@@ -589,6 +639,8 @@ def machine_record(device: str) -> dict:
         "machine": platform.machine(),
         "load_average_start": load_start,
         "load_average_end": None,
+        "l2_cache": _lscpu("L2 cache") if device == "cpu" else None,
+        "mm_peak_gflops": None,  # set by main() before the grid
         "gpu": None,
     }
     if device == "cuda":
@@ -603,11 +655,18 @@ def machine_record(device: str) -> dict:
 # -- output ----------------------------------------------------------------------------------------------
 
 
+def slug(text: str | None) -> str:
+    """Lower case, runs of anything but letters and digits as one '-': 'AMD EPYC 7B13' -> 'amd-epyc-7b13'."""
+    return re.sub(r"[^a-z0-9]+", "-", (text or "unknown").lower()).strip("-") or "unknown"
+
+
 def default_json_path(device: str, machine: dict, quick: bool) -> Path:
-    """bench-results/speed-<device>-<isa>.json (isa: torch's CPU capability in lower case); ``-quick`` before
-    ``.json`` for a --quick run, so a smoke run never overwrites a measurement."""
+    """bench-results/speed-<device>-<model>-<isa>.json (model: the CPU's, or the GPU's on CUDA, as a slug; isa:
+    torch's CPU capability in lower case); ``-quick`` before ``.json`` for a --quick run, so a smoke run never
+    overwrites a measurement."""
     isa = (machine["cpu_capability"] or "unknown").lower()
-    return Path("bench-results") / f"speed-{device}-{isa}{'-quick' if quick else ''}.json"
+    model = slug(machine["gpu"]["name"] if machine.get("gpu") else machine["cpu_model"])
+    return Path("bench-results") / f"speed-{device}-{model}-{isa}{'-quick' if quick else ''}.json"
 
 
 def header_lines(report: dict) -> list[str]:
@@ -637,10 +696,16 @@ def header_lines(report: dict) -> list[str]:
     second = (f"CPU flags: {flags}; ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY'] or 'unset'}, "
         f"ONEDNN_MAX_CPU_ISA={env['ONEDNN_MAX_CPU_ISA'] or 'unset'}, "
         f"MKL_ENABLE_INSTRUCTIONS={env.get('MKL_ENABLE_INSTRUCTIONS') or 'unset'}; native backend {native}; "
-        f"{m['cpus_available'] or m['cpu_count']} CPUs available; Python {m['python']}, {m['os']}; {load}. "
+        f"{m['cpus_available'] or m['cpu_count']} CPUs available; L2 {m.get('l2_cache') or 'not reported'}; "
+        f"torch.mm peak {_peak_text(m)}; Python {m['python']}, {m['os']}; {load}. "
         f"{s['runs']} runs × {s['repeats']} timed calls per model, median per run; ratios to each row's "
         f"baseline, shown as the median over runs (min–max); **bold**: above the row's target.")
     return [first, "", second]
+
+
+def _peak_text(m: dict) -> str:
+    peak = m.get("mm_peak_gflops")
+    return f"{peak['gflops']:.0f} GFLOP/s ({peak['n']}³ float32)" if peak else "not measured"
 
 
 def _fmt_ratio(q, target, markdown: bool = True) -> str:
@@ -665,6 +730,14 @@ def _fmt_mib(b) -> str:
     return "—" if b is None else f"{b / 2**20:.1f}"
 
 
+def _fmt_gflops(train, infer, peak) -> str:
+    def one(v):
+        if v is None:
+            return "—"
+        return f"{v:.1f}" + (f" ({100 * v / peak:.0f}%)" if peak else "")
+    return f"{one(train)} / {one(infer)}"
+
+
 def _fmt_targets(t: dict) -> str:
     parts = [f"{k} ≤ {v:g}" for k, v in t.items() if v is not None]
     return ", ".join(parts) or "—"
@@ -677,13 +750,15 @@ def markdown(report: dict) -> str:
     head = ("| T, B, I, H | model | backend train / infer | train ms | train × | infer ms | infer × | "
             "memory × | baseline | targets |")
     sep = "|---|---|---|---|---|---|---|---|---|---|"
+    peak = (report["machine"].get("mm_peak_gflops") or {}).get("gflops")
     for title, names, extra in [("Cerebral kinds against their targets", summary_names, False),
                                 ("Every model", report["settings"]["models"], True)]:
         if not names:
             continue
         lines += ["", f"#### {title}", "",
-                  head.replace("| memory × |", "| params | memory MiB | memory × |") if extra else head,
-                  sep + ("---|---|" if extra else "")]
+                  head.replace("| memory × |", "| params | memory MiB | memory × | GFLOP/s train / infer "
+                               "(% of mm) |") if extra else head,
+                  sep + ("---|---|---|" if extra else "")]
         for e in report["results"]:
             for name in names:
                 r, q = e["models"][name], e["ratios"][name]
@@ -694,7 +769,10 @@ def markdown(report: dict) -> str:
                          _fmt_ms(r["infer_ms"]), _fmt_ratio(q["infer"], t["infer"])]
                 if extra:
                     cells += [f"{r['params']:,}", _fmt_mib(r["peak_train_bytes"])]
-                cells += [_fmt_ratio(q["memory"], t["memory"]), q["baseline"], _fmt_targets(t)]
+                cells.append(_fmt_ratio(q["memory"], t["memory"]))
+                if extra:
+                    cells.append(_fmt_gflops(r.get("train_gflops"), r.get("infer_gflops"), peak))
+                cells += [q["baseline"], _fmt_targets(t)]
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -789,6 +867,8 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.perf_counter()
         timestamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         machine = machine_record(args.device)  # builds the native backend before anything is timed
+        n = 256 if args.quick else 2048
+        machine["mm_peak_gflops"] = {"n": n, "gflops": mm_peak_gflops(args.device, n)}
         report = {
             "schema": SCHEMA,
             "command": _command(argv),
