@@ -223,7 +223,7 @@ def test_gradcheck(kind, bias, bidirectional):
     inputs = (x, h0, c0, *flat)
 
     def fn(x, h0, c0, *flat):
-        return native.NativeFunction.apply(plan, [], x, h0, c0, *flat)  # no recurrent-dropout masks
+        return native.NativeFunction.apply(plan, native.NO_STEP_ARGS, x, h0, c0, *flat)
 
     assert torch.autograd.gradcheck(fn, inputs)
 

@@ -184,7 +184,11 @@ def test_ctrl_c_stops_cleanly_with_one_line_and_resume_continues(corpus, tmp_pat
     out = tmp_path / "int"
     args = ["reproduce", "--corpus", str(corpus), "--seeds", "4", "--models", "lstm,cerebral", "--epochs", "40",
             *[a for a in TINY if a not in ("--quiet",)], "--jobs", "2", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "cerebral_rnn.cli", *args], env=_env(), stdout=subprocess.PIPE,
+    # Python's Ctrl-C handler in the child, as a terminal gives it, even where this test runs in a background job:
+    # such a job inherits SIGINT ignored, and Python then installs no handler
+    cli = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from cerebral_rnn.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", cli, *args], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     try:
