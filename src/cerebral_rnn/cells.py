@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 from . import init as _init
 from ._checks import check_bool, check_cell_input, check_positive_int, check_state
-from .kinds import KINDS, CellKind, paths_step, rnn_kind
+from .kinds import CellKind, HasKind, paths_step, rnn_kind
 from .layout import DirectionWeights, LayerSpec, split_paths
+from .quantization import StaysFloat
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "CerebralLSTMCell", "CerebralPeepholeLSTMCell", "CerebralGRUCell",
            "cell_step"]
@@ -44,7 +45,7 @@ def cell_step(spec: LayerSpec, x: Tensor, h: Tensor, c: Tensor | None, w: Direct
     return h, (torch.cat(cells, dim=-1) if cells is not None else None)
 
 
-class _CellBase(nn.Module):
+class _CellBase(HasKind, StaysFloat, nn.Module):
     KIND: str  # the cell's kind: a key of cerebral_rnn.kinds.KINDS (the kind of the layer it is one step of)
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, num_paths: int = 1,
@@ -66,23 +67,6 @@ class _CellBase(nn.Module):
             self.register_parameter("bias_hh", None)
         if self.kind.peephole:
             self.peephole = nn.Parameter(torch.empty(self.kind.peephole_size(hidden_size, num_paths), **kw))
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "qconfig":  # torch.ao.quantization preparing the model: this cell stays float, and says so
-            from .quantization import note_qconfig
-
-            note_qconfig(self, value)
-        super().__setattr__(name, value)
-
-    @property
-    def kind_name(self) -> str:
-        """The cell's kind, a key of :data:`cerebral_rnn.kinds.KINDS` (a class attribute: nothing to pickle)."""
-        return type(self).KIND
-
-    @property
-    def kind(self) -> CellKind:
-        """The kind's description (:data:`cerebral_rnn.kinds.KINDS`)."""
-        return KINDS[self.KIND]
 
     @property
     def spec(self) -> LayerSpec:

@@ -136,6 +136,24 @@ KINDS: dict[str, CellKind] = {
 }
 
 
+class HasKind:
+    """For the layer and cell classes: the kind is the class attribute ``KIND`` (a key of :data:`KINDS`), so a
+    pickled module (``torch.save(model)``) holds no kind and loads with ``weights_only=True`` once its class is
+    allowlisted, as ``nn.LSTM`` does."""
+
+    KIND: str
+
+    @property
+    def kind_name(self) -> str:
+        """The kind's name, a key of :data:`KINDS`."""
+        return type(self).KIND
+
+    @property
+    def kind(self) -> CellKind:
+        """The kind's description."""
+        return KINDS[type(self).KIND]
+
+
 def rnn_kind(nonlinearity: str) -> CellKind:
     """The ``rnn`` kind with ``nonlinearity`` (``"tanh"``: ``KINDS["rnn"]``; ``"relu"``: its ReLU step)."""
     if nonlinearity == "tanh":

@@ -31,8 +31,9 @@ from . import regularise as _reg
 from ._checks import check_bool, check_dropout, check_like, check_positive_int
 from ._compat import autocast_dtype, autocast_enabled, under_functorch
 from .backends._compile import compiling_eagerly, eager
-from .kinds import KINDS, CellKind, rnn_kind
+from .kinds import KINDS, CellKind, HasKind, rnn_kind
 from .layout import DirectionWeights, LayerSpec
+from .quantization import StaysFloat
 from .regularise import DirectionMasks, Regularisers, StepRegs
 
 __all__ = ["RNN", "LSTM", "GRU", "CerebralLSTM", "CerebralPeepholeLSTM", "CerebralGRU"]
@@ -73,7 +74,7 @@ def _shape_checks():
         yield
 
 
-class _RNNBase(nn.Module):
+class _RNNBase(HasKind, StaysFloat, nn.Module):
     """Shared constructor, parameters, checks and forward driver over one cell kind."""
 
     _backend_names: tuple[str, ...] = ("auto", "torch", "reference")
@@ -126,26 +127,7 @@ class _RNNBase(nn.Module):
                         setattr(self, f"{name}_weight{suffix}", nn.Parameter(torch.empty(n, **kw)))
                         setattr(self, f"{name}_bias{suffix}", nn.Parameter(torch.empty(n, **kw)))
 
-    def __setattr__(self, name: str, value) -> None:
-        if name == "qconfig":  # torch.ao.quantization preparing the model: this layer stays float, and says so
-            from .quantization import note_qconfig
-
-            note_qconfig(self, value)
-        super().__setattr__(name, value)
-
     # -- description --------------------------------------------------------------------------------------
-
-    @property
-    def kind_name(self) -> str:
-        """The layer's kind, a key of :data:`cerebral_rnn.kinds.KINDS` (a class attribute: a pickled module,
-        ``torch.save(model)``, holds no kind and loads with ``weights_only=True`` once its class is allowlisted,
-        as ``nn.LSTM`` does)."""
-        return type(self).KIND
-
-    @property
-    def kind(self) -> CellKind:
-        """The kind's description (:data:`cerebral_rnn.kinds.KINDS`)."""
-        return KINDS[self.KIND]
 
     @property
     def regularisers(self) -> Regularisers:

@@ -35,6 +35,15 @@ def _spec_being_propagated(depth: int = 8):
     return None
 
 
+class StaysFloat:
+    """For the layer and cell classes (before ``nn.Module`` in the bases): warns when ``qconfig`` is set."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "qconfig":  # torch.ao.quantization preparing the model: this module stays float, and says so
+            note_qconfig(self, value)
+        super().__setattr__(name, value)
+
+
 def note_qconfig(module: nn.Module, qconfig) -> None:
     """Called when ``module.qconfig`` is set: warn if quantization was asked of this floating-point layer."""
     spec = _spec_being_propagated()
