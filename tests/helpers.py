@@ -120,14 +120,15 @@ def documented_refusals(backend: str, m, inp, hx=None) -> list[str]:
 
     From the module docstrings of ``cerebral_rnn/backends/native.py`` and ``lstm2h.py``:
 
-    * ``native``: LSTM (without ``proj_size``), peephole LSTM and GRU layers of any number of paths, identical
-      paths included; CPU, float32 and float64, dense input. An empty batch and parameters or states in another
-      dtype than the input are not documented either way: counted as refusable.
+    * ``native``: LSTM (without ``proj_size``), peephole LSTM and GRU layers of any number of paths (the
+      one-path LSTM and GRU included), identical paths included; CPU, float32 and float64, dense input. An
+      empty batch and parameters or states in another dtype than the input are not documented either way:
+      counted as refusable.
     * ``lstm2h``: LSTM layers of any number of paths, ``proj_size`` and packed input included, on the CPU and
       CUDA; not identical paths, and not a dtype torch's LSTM kernel cannot run on this machine (only float32
       and float64 are taken as surely runnable).
-    * ``native``: not a layer with layer norm on; ``lstm2h``: not one with recurrent dropout, zoneout or layer
-      norm on (the module docstring of ``cerebral_rnn/regularise.py``; weight dropout runs everywhere).
+    * ``native`` runs every regulariser; ``lstm2h`` not a layer with recurrent dropout, zoneout or layer norm on
+      (the module docstring of ``cerebral_rnn/regularise.py``; weight dropout runs everywhere).
 
     A backend not listed here has no documented support recorded: every refusal of it counts as documented.
     """
@@ -148,7 +149,7 @@ def documented_refusals(backend: str, m, inp, hx=None) -> list[str]:
         ("parameters or states not in the input's dtype and device", mixed),
     ]
     if backend == "native":
-        cases = [(f"kind {kind!r}", kind not in ("cerebral", "cerebral-peephole", "cerebral-gru")),
+        cases = [(f"kind {kind!r}", kind not in ("lstm", "gru", "cerebral", "cerebral-peephole", "cerebral-gru")),
                  ("proj_size", bool(proj)),
                  *dense_cpu, ("an empty batch", batch == 0)]
     elif backend == "lstm2h":
@@ -158,9 +159,7 @@ def documented_refusals(backend: str, m, inp, hx=None) -> list[str]:
     else:
         cases = [(f"no documented support of backend {backend!r} recorded in tests/helpers.py", True)]
     regs = getattr(m, "regularisers", None)
-    if regs is not None and backend == "native":  # native computes weight and recurrent dropout, zoneout
-        cases.append(("layer norm", bool(regs.layer_norm)))
-    elif regs is not None:
+    if regs is not None and backend != "native":  # native computes every regulariser
         in_step = bool(regs.recurrent_dropout or regs.zoneout_h or regs.zoneout_c or regs.layer_norm)
         cases.append(("recurrent dropout, zoneout or layer norm", in_step))
     return [what for what, applies in cases if applies]

@@ -163,7 +163,9 @@ def test_quick_report(quick):
                     assert len(r[f"{mode}_backends"]) == (1 if name.startswith(("lstm", "gru")) else shape.L)
                     if name.startswith("cerebral"):
                         assert set(r[f"{mode}_backends"]) <= CEREBRAL_BACKENDS
-                    else:
+                    elif name in ("lstm-lib", "gru-lib"):  # cerebral_rnn.LSTM / GRU: native or torch's op
+                        assert r[f"{mode}_backend"] in ("native", "torch")
+                    else:  # torch's own modules
                         assert r[f"{mode}_backend"] == "torch"
                 else:
                     assert r[f"{mode}_ms"] is None and q[mode] is None and r[f"{mode}_backend"] is None

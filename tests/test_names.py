@@ -47,12 +47,14 @@ def test_a_bad_backend_attribute_is_a_value_error_naming_it(cls):
 
 
 def test_one_path_layers_list_what_they_accept():
-    for cls in (RNN, LSTM, GRU):
-        assert available_backends(cls) == ["auto", "torch", "reference"]
+    for cls in (LSTM, GRU):  # the native kernels with one path compute these two
+        assert available_backends(cls) == ["auto", "torch", "native", "reference"]
         assert available_backends(cls.KIND) == available_backends(cls)  # the kind's name means its class
-        with pytest.raises(ValueError, match="native"):
-            cls(4, 6, backend="native")
-    assert available_backends("lstm") == ["auto", "torch", "reference"]
+        assert cls(4, 6, backend="native").backend == "native"
+    assert available_backends(RNN) == available_backends("rnn") == ["auto", "torch", "reference"]
+    with pytest.raises(ValueError, match="native"):
+        RNN(4, 6, backend="native")
+    assert available_backends("lstm") == ["auto", "torch", "native", "reference"]
     assert available_backends(CerebralLSTM) == available_backends("cerebral") == ["auto", "reference", "lstm2h",
                                                                                  "native"]
     assert available_backends(CerebralGRU(4, 6)) == available_backends("cerebral-gru") == ["auto", "reference",
@@ -87,7 +89,7 @@ def test_one_name_per_kind_everywhere():
         assert KINDS[name].name == name and cls.KIND == name and LAYER_KINDS[name] is cls
         assert cls(3, 4).kind_name == name and getattr(cerebral_rnn, cell)(3, 4).kind_name == name
         assert cerebral_rnn.StackedRNN(3).add_layer(name, 4).layers[0].kind_name == name
-    assert BACKENDS["native"].kinds == ("cerebral", "cerebral-peephole", "cerebral-gru")
+    assert BACKENDS["native"].kinds == ("lstm", "gru", "cerebral", "cerebral-peephole", "cerebral-gru")
     assert BACKENDS["lstm2h"].kinds == ("cerebral",)
     for arm in ARMS.values():
         assert arm.kind in NAMES, arm.name

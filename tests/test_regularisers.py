@@ -170,8 +170,6 @@ def test_one_path_layers_run_the_regularisers_and_torch_refuses_the_step_ones():
     torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="backend='torch' cannot run recurrent dropout"):
         LSTM(I, H, zoneout=0.1, backend="torch")(x.float())
-    with pytest.raises(ValueError, match="backend='native' cannot run layer norm"):
-        CerebralLSTM(I, H, layer_norm=True, backend="native")(x.float())
     with pytest.raises(ValueError, match="backend='lstm2h' cannot run recurrent dropout, zoneout or layer norm"):
         CerebralLSTM(I, H, recurrent_dropout=0.2, backend="lstm2h")(x.float())
 
@@ -209,7 +207,10 @@ NATIVE_REGS = {"recurrent": {"recurrent_dropout": 0.3},
                "zoneout": {"zoneout": 0.3},
                "zoneout-c-only": {"zoneout": (0.0, 0.4)},
                "zoneout-h-c": {"zoneout": (0.3, 0.2)},
-               "all-but-layer-norm": {"zoneout": 0.25, "recurrent_dropout": 0.3, "weight_dropout": 0.2}}
+               "all-but-layer-norm": {"zoneout": 0.25, "recurrent_dropout": 0.3, "weight_dropout": 0.2},
+               "layer-norm": {"layer_norm": True},
+               "layer-norm+zoneout-h-c": {"layer_norm": True, "zoneout": (0.3, 0.2)},
+               "all": {"zoneout": 0.25, "recurrent_dropout": 0.3, "weight_dropout": 0.2, "layer_norm": True}}
 NATIVE_CASES = [(kind, K, reg) for kind, K in [("lstm", 1), ("lstm", 2), ("lstm", 3), ("peephole", 2), ("gru", 1),
                                               ("gru", 3)]
                 for reg in NATIVE_REGS
@@ -222,6 +223,10 @@ def test_native_step_regularisers_equal_the_transcription_with_the_drawn_masks(k
     reg = NATIVE_REGS[reg]
     torch.manual_seed(0)
     m = KINDS[kind](I, H, num_paths=K, dtype=torch.float64, backend="native", **reg)
+    with torch.no_grad():  # non-trivial layer-norm gains and shifts
+        for name, p in m.named_parameters():
+            if name.startswith("ln_"):
+                p.add_(0.1 * torch.randn_like(p))
     x = torch.randn(T, B, I, dtype=torch.float64)
     h0 = torch.randn(1, B, H, dtype=torch.float64)
     c0 = torch.randn(1, B, K * H, dtype=torch.float64) if kind != "gru" else None
@@ -237,7 +242,7 @@ def test_native_step_regularisers_equal_the_transcription_with_the_drawn_masks(k
         torch.testing.assert_close((state[0] if isinstance(state, tuple) else state)[0], h, rtol=1e-10, atol=1e-12)
         if c is not None:
             torch.testing.assert_close(state[1][0], c, rtol=1e-10, atol=1e-12)
-    if "zoneout" in reg:  # eval: the expectation
+    if "zoneout" in reg or "layer_norm" in reg:  # eval: zoneout's expectation, layer norm's inference loop
         m.eval()
         y, _ = m(x, (h0, c0) if c0 is not None else h0)
         assert m.last_backend == "native"
@@ -272,6 +277,64 @@ def test_native_step_regularisers_gradcheck(kind, form, gemm, monkeypatch):
     assert torch.autograd.gradcheck(f, (x, *ps), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "gru"])
+@pytest.mark.parametrize("form", ["dense", "bidirectional-two-layers", "eval", "with-dropout-and-zoneout"])
+def test_native_layer_norm_gradcheck(kind, form):
+    skip_unless_native()
+    kw = {"num_layers": 2, "bidirectional": True} if form == "bidirectional-two-layers" else {}
+    if form == "with-dropout-and-zoneout":
+        kw.update(recurrent_dropout=0.4, zoneout=0.3 if kind == "gru" else (0.3, 0.4))
+    torch.manual_seed(0)
+    m = KINDS[kind](3, 4, dtype=torch.float64, layer_norm=True, backend="native", num_paths=2, **kw)
+    m.train(form != "eval")
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.startswith("ln_"):
+                p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    LD = m.num_layers * m.num_directions
+    h0 = torch.randn(LD, 2, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(LD, 2, 8, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+    assert any(n.startswith("ln_c") for n in names) == (kind != "gru")
+
+    def f(x, h0, c0, *ps):
+        torch.manual_seed(3)  # the same masks at every evaluation
+        y, state = torch.func.functional_call(m, dict(zip(names, ps)), (x, h0 if kind == "gru" else (h0, c0)))
+        assert m.last_backend == "native"
+        return (y, *state) if isinstance(state, tuple) else (y, state)
+
+    ps = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    if kind == "gru":
+        c0 = c0.detach()  # (no c)
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *ps), eps=1e-6, atol=1e-6)
+
+
+def test_native_layer_norm_two_threads_match_the_reference_loop():
+    """Rows shared by two threads (the row passes of the forward and the BPTT); float32, bidirectional, every
+    step regulariser."""
+    skip_unless_native()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for cls in (CerebralLSTM, CerebralGRU):
+            torch.manual_seed(0)
+            m = cls(5, 24, bidirectional=True, recurrent_dropout=0.4, zoneout=0.2, layer_norm=True)
+            x = torch.randn(7, 19, 5)
+            res = {}
+            for backend in ("native", "reference"):
+                m.backend = backend
+                m.zero_grad()
+                torch.manual_seed(3)
+                y, _ = m(x)
+                y.square().sum().backward()
+                res[backend] = [y.detach(), *(p.grad.clone() for p in m.parameters())]
+            for got, want in zip(res["native"], res["reference"]):  # float32 rounding, to each tensor's scale
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5 * float(want.abs().max()))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_native_step_regularisers_multithreaded_match_the_reference_loop():
     """Enough work per step for two threads (the masked h of the next step is written by whichever thread ends
     a unit block); float32, bidirectional."""
@@ -295,7 +358,7 @@ def test_native_step_regularisers_multithreaded_match_the_reference_loop():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_runs_dropout_and_zoneout_natively_and_layer_norm_on_the_reference_loop():
+def test_auto_runs_every_step_regulariser_natively_and_packed_input_on_the_reference_loop():
     skip_unless_native()
     x = torch.randn(T, B, I)
     for reg in ({"weight_dropout": 0.5, "recurrent_dropout": 0.2}, {"zoneout": 0.1, "recurrent_dropout": 0.2}):
@@ -306,10 +369,14 @@ def test_auto_runs_dropout_and_zoneout_natively_and_layer_norm_on_the_reference_
         m(x)
         assert m.last_backend == "native"  # at eval: nothing (recurrent dropout), the expectation (zoneout)
     for reg in ({"layer_norm": True}, {"layer_norm": True, "zoneout": 0.1}):
-        m = CerebralLSTM(I, H, **reg)
-        m(x)
-        assert m.last_backend == "reference"
-    m = CerebralLSTM(I, H, recurrent_dropout=0.2)
+        for cls in (CerebralLSTM, CerebralGRU, LSTM, GRU):
+            m = cls(I, H, **reg)
+            m(x)
+            assert m.last_backend == "native"
+            m.eval()
+            m(x)
+            assert m.last_backend == "native"
+    m = CerebralLSTM(I, H, recurrent_dropout=0.2, layer_norm=True)
     m(pack_padded_sequence(x, [T, T - 1, 2]))  # packed input: native refuses, the reference loop runs it
     assert m.last_backend == "reference"
     with pytest.raises(ValueError, match="backend='native' cannot run this input: packed input"):

@@ -22,7 +22,8 @@ Adding a kind = one path step function here, one :class:`CellKind` entry in :dat
 by its ``layer`` (a subclass of the Cerebral base with the kind's name as ``KIND``), and its tests; the widths,
 :class:`~cerebral_rnn.StackedRNN`, :func:`~cerebral_rnn.available_backends`, the reference backend and the
 initialisation read the description. The native backend runs the kinds that have a ``native_id`` (its C++
-kernels' number for the kind).
+kernels' number for the kind): the one-path ``lstm`` and ``gru`` share the number of ``cerebral`` and
+``cerebral-gru``, whose kernels with K = 1 compute torch's equations.
 """
 
 from __future__ import annotations
@@ -125,8 +126,9 @@ _LSTM_GATES = ("i", "f", "g", "o")
 KINDS: dict[str, CellKind] = {
     "rnn": CellKind("rnn", ("h",), rnn_tanh_path, "RNN"),
     "lstm": CellKind("lstm", _LSTM_GATES, lstm_path, "LSTM", has_cell=True, forget_gate=1, projection=True,
-                     lstm_paths=True),
-    "gru": CellKind("gru", ("r", "z", "n"), gru_path, "GRU", combine="mean", hh_bias_in_step=True),
+                     lstm_paths=True, native_id=0),
+    "gru": CellKind("gru", ("r", "z", "n"), gru_path, "GRU", combine="mean", hh_bias_in_step=True,
+                    native_id=2),
     "cerebral": CellKind("cerebral", _LSTM_GATES, lstm_path, "CerebralLSTM", paths=2, has_cell=True, forget_gate=1,
                          projection=True, lstm_paths=True, native_id=0),
     "cerebral-peephole": CellKind("cerebral-peephole", _LSTM_GATES, peephole_path, "CerebralPeepholeLSTM", paths=2,

@@ -31,6 +31,7 @@ from . import regularise as _reg
 from ._checks import check_bool, check_dropout, check_like, check_positive_int
 from ._compat import autocast_dtype, autocast_enabled, under_functorch
 from .backends._compile import compiling_eagerly, eager
+from .backends._rules import needs_grad
 from .kinds import KINDS, CellKind, HasKind, rnn_kind
 from .layout import DirectionWeights, LayerSpec
 from .quantization import StaysFloat
@@ -144,7 +145,11 @@ class _RNNBase(HasKind, StaysFloat, nn.Module):
         self._backend = self._check_backend(name)
 
     def _check_backend(self, name) -> str:
-        return _check_simple_backend(name)
+        if not isinstance(name, str):
+            raise TypeError(f"backend: expected a str, got {type(name).__name__}")
+        if name not in self._backend_names:
+            raise ValueError(f"backend: expected one of {list(self._backend_names)}, got {name!r}")
+        return name
 
     @property
     def spec(self) -> LayerSpec:
@@ -389,18 +394,39 @@ class _RNNBase(HasKind, StaysFloat, nn.Module):
         return output, (out_states[0] if len(out_states) == 1 else tuple(out_states))
 
 
-def _check_simple_backend(backend) -> str:
-    if not isinstance(backend, str):
-        raise TypeError(f"backend: expected a str, got {type(backend).__name__}")
-    if backend not in _RNNBase._backend_names:
-        raise ValueError(f"backend: expected one of {list(_RNNBase._backend_names)}, got {backend!r}")
-    return backend
-
-
 class _TorchOpBase(_RNNBase):
-    """One-path layers: torch's fused op (``backend="auto"``/``"torch"``) or the reference loop."""
+    """One-path layers: torch's fused op (``"torch"``), the reference loop, and for the LSTM and GRU the native
+    loop (``"native"``; ``"auto"`` picks native or torch's op)."""
 
     _op_name: str
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_backend: str | None = None
+
+    def _native_layer(self, x, batch_sizes, states, weights, step_regs):
+        """The native backend's output for this layer, or None where it does not run it: ``backend="native"``
+        (raising where it cannot), or ``"auto"`` where native computes the call and is the faster route
+        (:meth:`~cerebral_rnn.backends.native.NativeBackend.beats_torch`; always with recurrent dropout,
+        zoneout or layer norm, which torch's op cannot run)."""
+        if "native" not in self._backend_names or self.backend not in ("auto", "native"):
+            return None
+        native = _backends.BACKENDS["native"]
+        spec = self.spec
+        if self.backend == "native":
+            reason = ("torch.func transforms (grad, vmap, ...) run only the reference backend" if under_functorch()
+                      else native.supports(spec, x, batch_sizes, weights, states))
+            if reason is not None:
+                raise ValueError(f"backend='native' cannot run this input: {reason}; use backend='auto', "
+                                 "'torch' or 'reference'")
+        elif under_functorch() or not (
+                step_regs is not None or native.beats_torch(spec, x, needs_grad(x, states, weights))):
+            return None
+        elif not _backends.native.available() or native.supports(spec, x, batch_sizes, weights, states) is not None:
+            return None  # torch's op (or the reference loop, with step regularisers) computes it
+        self.last_backend = "native"
+        out, final = native.forward_layer(spec, x, tuple(states), weights, batch_sizes, step_regs=step_regs)
+        return out, tuple(final)
 
     def _run_layer(self, layer, x, batch_sizes, states, cast, masks=None):
         weights = self._masked_weights(self._layer_weights_as(layer, cast), masks)
@@ -408,11 +434,16 @@ class _TorchOpBase(_RNNBase):
         if step_regs is not None and self.backend == "torch":
             raise ValueError("backend='torch' cannot run recurrent dropout, zoneout or layer norm (torch's fused op "
                              "has no such step); use backend='auto' or 'reference'")
+        result = self._native_layer(x, batch_sizes, states, weights, step_regs)
+        if result is not None:
+            return result
         # torch's fused op has no torch.func (vmap) rules: under a transform "auto" runs the reference loop
         if self.backend == "reference" or step_regs is not None or (self.backend == "auto" and under_functorch()):
             from .backends.reference import run_layer
 
+            self.last_backend = "reference"
             return run_layer(self.spec, x, batch_sizes, tuple(states), weights, step_regs)
+        self.last_backend = "torch"
         op = getattr(torch._VF, self._op_name)
         flat = [t for w in weights for t in w.tensors()]
         hx = states[0] if len(states) == 1 else tuple(states)
@@ -472,9 +503,13 @@ class LSTM(_TorchOpBase):
 
     :math:`i, f, g, o` from ``W_ih x + b_ih + W_hh h + b_hh`` (rows i, f, g, o), :math:`c' = \sigma(f) c +
     \sigma(i) \tanh(g)`, :math:`h' = \sigma(o) \tanh(c')` (projected, :math:`h' \leftarrow W_{hr} h'`, with
-    ``proj_size > 0``). ``backend="auto"``/``"torch"`` runs torch's fused LSTM op (oneDNN on CPU, cuDNN on GPU),
-    which computes the same function; ``"reference"`` runs the library's time loop. ``forget_bias`` (keyword) sets
-    the forget-gate rows of ``bias_ih`` (``bias_hh``'s to 0).
+    ``proj_size > 0``). ``backend="torch"`` runs torch's fused LSTM op (oneDNN on CPU, cuDNN on GPU);
+    ``"native"`` the library's compiled CPU loop (the Cerebral kernels with one path, no ``proj_size``);
+    ``"reference"`` the library's Python time loop; all compute the same function (tested against
+    ``torch.nn.LSTM`` to rounding). ``"auto"`` runs native on the CPU where it is the faster
+    (:meth:`~cerebral_rnn.backends.native.NativeBackend.beats_torch`: training, and inference at H <= 256 with
+    AVX2 or B <= 16 with AVX-512) or where a step regulariser is on, torch's op otherwise; ``last_backend``
+    says which ran. ``forget_bias`` (keyword) sets the forget-gate rows of ``bias_ih`` (``bias_hh``'s to 0).
 
     Inputs: ``input`` as :class:`RNN`; ``(h_0, c_0)``: (D*num_layers, N, H_out) and (D*num_layers, N, H)
     (unbatched: drop N). Outputs: ``output`` (L, N, D*H_out), ``(h_n, c_n)`` shaped as ``(h_0, c_0)``.
@@ -490,6 +525,7 @@ class LSTM(_TorchOpBase):
 
     KIND = "lstm"
     _op_name = "lstm"
+    _backend_names = ("auto", "torch", "native", "reference")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
@@ -509,7 +545,10 @@ class GRU(_TorchOpBase):
 
     :math:`r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr})`, :math:`z` likewise,
     :math:`n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn}))`, :math:`h' = (1 - z) \odot n + z \odot h`.
-    ``backend="auto"``/``"torch"`` runs torch's fused GRU op; ``"reference"`` the library's time loop.
+    ``backend="torch"`` runs torch's fused GRU op, ``"native"`` the library's compiled CPU loop (the Cerebral
+    GRU's kernels with one path), ``"reference"`` the library's time loop (all the same function, tested
+    against ``torch.nn.GRU``). ``"auto"`` runs native on the CPU (0.1-0.9x ``nn.GRU``'s time at every shape
+    measured), torch's op where native cannot (packed input, CUDA, other dtypes).
 
     >>> out, h_n = GRU(10, 20)(torch.randn(5, 3, 10))
     >>> out.shape, h_n.shape
@@ -518,6 +557,7 @@ class GRU(_TorchOpBase):
 
     KIND = "gru"
     _op_name = "gru"
+    _backend_names = ("auto", "torch", "native", "reference")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
@@ -552,8 +592,8 @@ class _CerebralBase(_RNNBase):
         weights = self._masked_weights(self._layer_weights_as(layer, cast), masks)
         spec = self.spec
         step_regs = self._step_regs(layer, masks, cast)
-        if step_regs is not None and self.backend in ("auto", "native") and all(r.ln is None for r in step_regs):
-            # recurrent dropout and zoneout: the native backend computes them (forward and BPTT)
+        if step_regs is not None and self.backend in ("auto", "native"):
+            # recurrent dropout, zoneout, layer norm: the native backend computes them (forward and BPTT)
             native = _backends.BACKENDS["native"]
             reason = ("torch.func transforms (grad, vmap, ...) run only the reference backend" if under_functorch()
                       else native.supports(spec, x, batch_sizes, weights, states))
@@ -563,11 +603,11 @@ class _CerebralBase(_RNNBase):
             if self.backend == "native":
                 raise ValueError(f"backend='native' cannot run this input: {reason}; use backend='auto' or "
                                  "'reference'")
-        if step_regs is not None:  # layer norm (and what native cannot run): the reference loop
+        if step_regs is not None:  # what native cannot run: the reference loop
             if self.backend not in ("auto", "reference"):
-                what = "layer norm" if self.backend == "native" else "recurrent dropout, zoneout or layer norm"
-                raise ValueError(f"backend={self.backend!r} cannot run {what} (the reference backend computes every "
-                                 f"regulariser, native all but layer norm); use backend='auto' or 'reference'")
+                raise ValueError(f"backend={self.backend!r} cannot run recurrent dropout, zoneout or layer norm (the "
+                                 "reference and native backends compute them); use backend='auto', 'native' or "
+                                 "'reference'")
             from .backends.reference import run_layer
 
             self.last_backend = "reference"

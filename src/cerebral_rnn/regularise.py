@@ -35,13 +35,16 @@ are on; per layer, per direction: the weight mask, the recurrent-dropout mask, t
 paths stay bitwise identical. Weight dropout and zoneout of ``c`` draw a mask per path, which separates them,
 unless ``paths_share_masks=True`` (one mask used by every path).
 
-**Backends.** Weight dropout runs on every backend. Recurrent dropout and zoneout run on ``native`` too (dense
-CPU input, float32/float64, training and eval: forward and BPTT in C++, inside the time loop: the masked
-:math:`h` of the next step is written by the step that stores :math:`h`, the zoneout masks are read where the
-step stores :math:`h` and :math:`c`; at eval recurrent dropout changes nothing and the layer runs unregularised).
-Layer norm, and the others where ``native`` cannot run (packed input, CUDA, other dtypes), run on the
-``reference`` backend (any kind, K, dtype, device, packed input, directions, layers). ``backend="auto"`` picks
-the first of these that computes the call; a named backend that cannot refuses with the reason.
+**Backends.** Weight dropout runs on every backend. Recurrent dropout, zoneout and layer norm run on ``native``
+too (dense CPU input, float32/float64, training and eval: forward and BPTT in C++, inside the time loop: the
+masked :math:`h` of the next step is written by the step that stores :math:`h`, the zoneout masks are read where
+the step stores :math:`h` and :math:`c`; at eval recurrent dropout changes nothing and the layer runs
+unregularised). Layer norm has a loop of its own there: per step each path's recurrent product (a library GEMM),
+then per batch row the normalisations and the step; the input side is normalised once for every step after its
+GEMM; the BPTT mirrors it, and the gains' and shifts' gradients are sums over the saved rows after the loop.
+Where ``native`` cannot run (packed input, CUDA, other dtypes), the ``reference`` backend runs them (any kind,
+K, dtype, device, packed input, directions, layers). ``backend="auto"`` picks the first of these that computes
+the call; a named backend that cannot refuses with the reason.
 """
 
 from __future__ import annotations

@@ -1,14 +1,21 @@
 r"""``"native"`` backend: the time loop of a layer, forward and backward (BPTT), in compiled C++ (CPU).
 
 Kinds: those with a ``native_id`` (:data:`cerebral_rnn.kinds.KINDS`): ``cerebral`` (any number of paths K, no
-``proj_size``), ``cerebral-peephole`` and ``cerebral-gru`` (any K), with or without recurrent dropout and
-zoneout (``forward_layer(..., step_regs=...)``; :mod:`cerebral_rnn.regularise`). Recurrent dropout: the step's
+``proj_size``), ``cerebral-peephole`` and ``cerebral-gru`` (any K), and the one-path ``lstm`` (no ``proj_size``)
+and ``gru`` of :class:`cerebral_rnn.LSTM` / :class:`cerebral_rnn.GRU` (the same kernels with K = 1, which compute
+torch's equations; ``"auto"`` runs them where :meth:`NativeBackend.beats_torch` says they are faster), with or
+without recurrent dropout, zoneout and layer norm (``forward_layer(..., step_regs=...)``;
+:mod:`cerebral_rnn.regularise`). Recurrent dropout: the step's
 recurrent product reads ``m * h_{t-1}``, written by the step before as it stores ``h``; the BPTT masks the
 recurrent product's gradient and ``dW_hh`` reads the saved ``m * h_{t-1}``. Zoneout: where a step stores ``h``
 and each path's ``c`` it keeps the masked (training) or expected (eval) fraction of the previous value; the BPTT
 splits each gradient between the update and the kept value, and recomputes the un-zoned cell (what the output
-read) from the saved gates, bit for bit as the forward made it; float32 and
-float64; dense input; one or two directions; any hidden size and batch. Training goes through
+read) from the saved gates, bit for bit as the forward made it. Layer norm (:class:`NativeLNFunction`): its own
+loop, since each LN needs a path's whole row of pre-activations before the step: the input side's LN once over
+every step after the input GEMM, then per step each path's recurrent product (``at::mm``, own buffers) and per
+batch row (rows shared by the threads) the normalisations, the step and the output's LN; the BPTT mirrors it
+per row, then ``dh_{t-1}`` by one GEMM per path, and the gains', shifts' and biases' gradients are sums over
+the saved rows after the loop. float32 and float64; dense input; one or two directions; any hidden size and batch. Training goes through
 :class:`NativeFunction` (an ``autograd.Function``); inference (no autograd recording) runs the same forward
 without saving anything. The C++ source is ``native_kernels.cpp`` beside this module.
 
@@ -111,6 +118,17 @@ def capability() -> str:
         return str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # noqa: BLE001 - an old torch or an unknown platform: the generic build
         return "DEFAULT"
+
+
+_CAPABILITY: str | None = None
+
+
+def _cap() -> str:
+    """:func:`capability`, read once."""
+    global _CAPABILITY
+    if _CAPABILITY is None:
+        _CAPABILITY = capability()
+    return _CAPABILITY
 
 
 def build_flags(cap: str | None = None) -> list[str]:
@@ -334,7 +352,7 @@ NO_STEP_ARGS = StepArgs([], [], [])
 
 def step_args(step_regs, dtype) -> StepArgs:
     """:class:`StepArgs` of a layer's :class:`~cerebral_rnn.regularise.StepRegs` (one per direction; None: off).
-    Layer norm is not among them (the layer does not send it here)."""
+    Layer norm's gains and shifts go separately (:func:`ln_args`)."""
     if step_regs is None:
         return NO_STEP_ARGS
 
@@ -404,6 +422,69 @@ class NativeFunction(torch.autograd.Function):
         return (None, None, dx if need[1] else None, dh0 if need[2] else None, dc0 if need[3] else None, *grads)
 
 
+def ln_args(step_regs, dtype) -> list | None:
+    """The layer-norm gains and shifts of every direction as the C++ kernels take them (6 per direction: LN_ih's,
+    LN_hh's, LN_c's gain and shift; None for the GRU's c pair), or None without layer norm."""
+    if step_regs is None or step_regs[0].ln is None:
+        return None
+    return [None if t is None else t.to(dtype) for r in step_regs for t in r.ln]
+
+
+class NativeLNFunction(torch.autograd.Function):
+    """One layer with layer norm (every direction), hand-written BPTT in C++. Inputs as :class:`NativeFunction`'s,
+    then per direction the 6 layer-norm tensors (``ln_args``). Outputs as :class:`NativeFunction`'s."""
+
+    @staticmethod
+    def forward(ctx, plan, regs, x, h0, c0, n_flat, *tensors):
+        ext = _load()
+        flat, ln = tensors[:n_flat], list(tensors[n_flat:])
+        w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
+        x = x.contiguous()
+        out = ext.ln_forward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, ln, True,
+                             plan.threads, *regs)
+        D, K = len(w_hh), plan.paths
+        n_saved = LN_SAVED * D * K
+        saved = out[3:3 + n_saved]
+        hms = out[3 + n_saved:]
+        ctx.plan, ctx.n_flat, ctx.n_saved, ctx.n_masks = plan, n_flat, n_saved, len(regs.rmask)
+        ctx.none = [t is None for t in saved]  # saved slots a kind does not use
+        ctx.zone = (regs.zh, regs.zc, regs.ph, regs.pc)
+        ctx.save_for_backward(x, h0, c0, out[0], *flat, *ln, *(t for t in saved if t is not None), *regs.rmask,
+                              *hms)
+        return (out[0], out[1], out[2]) if plan.has_cell else (out[0], out[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n=None):
+        plan, n_flat = ctx.plan, ctx.n_flat
+        st = list(ctx.saved_tensors)
+        x, h0, c0, y = st[:4]
+        flat = st[4:4 + n_flat]
+        D = n_flat // 5
+        ln = st[4 + n_flat:4 + n_flat + 6 * D]
+        rest = iter(st[4 + n_flat + 6 * D:])
+        saved = [None if none else next(rest) for none in ctx.none]
+        rest = list(rest)
+        masks, hms = rest[:ctx.n_masks], rest[ctx.n_masks:]
+        w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
+        need = ctx.needs_input_grad  # (plan, regs, x, h0, c0, n_flat, *flat, *ln)
+        pneed = [any(need[6 + 5 * d + i] for d in range(D)) for i in range(5)]
+        lneed = any(need[6 + n_flat:])
+        needs = [need[2], need[3], bool(need[4]), *pneed, lneed]
+        res = _load().ln_backward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, ln, y, saved, dy,
+                                  dh_n, dc_n, needs, plan.threads, masks, hms, *ctx.zone)
+        grads, lgrads = [], []
+        for d in range(D):
+            base = 3 + 11 * d
+            grads += [res[base + i] if need[6 + 5 * d + i] else None for i in range(5)]
+            lgrads += [res[base + 5 + j] if need[6 + n_flat + 6 * d + j] else None for j in range(6)]
+        return (None, None, res[0] if need[2] else None, res[1] if need[3] else None,
+                res[2] if need[4] else None, None, *grads, *lgrads)
+
+
+LN_SAVED = 9  # tensors ln_forward saves per direction and path (the C++ LN_SAVED)
+
+
 class NativeBackend:
     """Compiled C++ time loop and BPTT: LSTM (no proj_size), peephole LSTM and GRU layers of any number of
     paths; CPU, float32/float64, dense input; training and inference."""
@@ -441,6 +522,27 @@ class NativeBackend:
             return _ERROR
         return None
 
+    # One-path layers (cerebral_rnn.LSTM and GRU, kinds "lstm" and "gru"): where "auto" runs this backend rather
+    # than torch's fused op, from benchmarks/speed.py's K = 1 rows on an AMD EPYC Zen 3 (AVX2) and Zen 5
+    # (AVX-512), 2 threads (docs/backends.md, "One path"). The GRU: everywhere (0.1-0.9x nn.GRU on both). The
+    # LSTM: in training everywhere (0.70-1.05x); in inference with AVX2 up to H = lstm_max_hidden_infer
+    # (0.75-0.89x; 1.06-1.12x at H = 512), with AVX-512 up to lstm_max_batch_infer rows (0.68-1.03x; oneDNN's
+    # AVX-512 forward was faster from B = 32 on). Not measured elsewhere (the generic build): torch's op.
+    lstm_max_hidden_infer = 256
+    lstm_max_batch_infer = 16
+
+    def beats_torch(self, spec, x: Tensor, training: bool) -> bool:
+        """Whether ``"auto"`` should run a one-path LSTM / GRU layer here instead of torch's fused op (the
+        measured rule above; ``training``: autograd records the call)."""
+        cap = _cap()
+        if spec.kind.name not in ("lstm", "gru") or cap not in ("AVX2", "AVX512"):
+            return False
+        if spec.kind.name == "gru" or training:
+            return True
+        if cap == "AVX512":
+            return x.shape[1] <= self.lstm_max_batch_infer
+        return spec.hidden_size <= self.lstm_max_hidden_infer
+
     def _mode(self, x: Tensor) -> int:
         """The GEMM route of the per-step products (forward and BPTT use the same)."""
         mode = self.gemm or "own"
@@ -464,8 +566,9 @@ class NativeBackend:
                     spec.kind.has_cell)
 
     def forward_layer(self, spec, x, states, weights, batch_sizes, step_regs=None):
-        """As every backend's; ``step_regs``: the layer's recurrent dropout and zoneout, one
-        :class:`~cerebral_rnn.regularise.StepRegs` per direction (without layer norm), or None."""
+        """As every backend's; ``step_regs``: the layer's recurrent dropout, zoneout and layer norm, one
+        :class:`~cerebral_rnn.regularise.StepRegs` per direction, or None. Layer norm runs its own loop
+        (:class:`NativeLNFunction`: library GEMMs for the recurrence, then the rows' normalisation and step)."""
         plan = self.plan(spec, x)
         h0 = states[0]
         c0 = states[1] if spec.kind.has_cell else None
@@ -473,7 +576,17 @@ class NativeBackend:
         flat = []
         for w in weights:
             flat += [w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.peephole]
-        if needs_grad(x, states, weights):
+        ln = ln_args(step_regs, x.dtype)
+        if ln is not None:
+            if needs_grad(x, states, weights) or (torch.is_grad_enabled()
+                                                  and any(t is not None and t.requires_grad for t in ln)):
+                out = NativeLNFunction.apply(plan, regs, x, h0, c0, len(flat), *flat, *ln)
+            else:
+                w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
+                with torch.no_grad():
+                    out = _load().ln_forward(plan.kind, plan.paths, x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                             peep, ln, False, plan.threads, *regs)[:3]
+        elif needs_grad(x, states, weights):
             out = NativeFunction.apply(plan, regs, x, h0, c0, *flat)
         else:
             w_ih, w_hh, b_ih, b_hh, peep = _split(flat)

@@ -1231,6 +1231,653 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
   return out;
 }
 
+// ---- layer norm (Ba et al. 2016, haste's LayerNormLSTM form) ----------------------------------------------------
+// Per path k: a_k = LN_ih(W_ih,k x) + LN_hh(W_hh,k h_{t-1}) + b_k, each LN over the path's whole G H row with its
+// own gain and shift (eps = 1e-5); LSTM kinds output o_k tanh(LN_c(c_k)) (the carried c_k is not normalised); the
+// GRU's n reads r (LN_hh(W_hn h) + b_hn). An LN needs the whole row of the step's recurrent product before the
+// pointwise part, so a step is two parts: the recurrent GEMM of every path (one library call per path, own
+// buffers), then every batch row's normalisation and pointwise step (rows shared by the threads). The input
+// side's LN runs once over every step after the input GEMM. The BPTT mirrors it: per step the rows' pointwise and
+// LN backward, then dh_prev = sum_k dG_k W_hh,k; the gains', shifts' and biases' gradients are reductions over the
+// saved rows after the loop. Symmetry: every path by the same code on same-shaped buffers of its own.
+constexpr double LN_EPS = 1e-5;
+
+// Sum of the n values of a row, lanes beyond the row masked to 0, lane sums added in lane order.
+template <typename T>
+inline T row_sum(const Vec<T>& s) {
+  constexpr int V = Vec<T>::size();
+  T lanes[V];
+  s.store(lanes);
+  T out = 0;
+  for (int l = 0; l < V; ++l) out += lanes[l];
+  return out;
+}
+
+// Mean and 1 / sqrt(biased variance + eps) of a row of n (two passes, as torch's layer_norm defines them).
+template <typename T>
+inline void row_moments(const T* x, int64_t n, T& mean, T& rstd) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  const VT zero(T(0));
+  VT s(T(0));
+  for (int64_t j = 0; j < n; j += V) s = s + VT::set(zero, VT::loadu(x + j, tail(n, j, V)), tail(n, j, V));
+  mean = row_sum<T>(s) / T(n);
+  const VT mv(mean);
+  VT q(T(0));
+  for (int64_t j = 0; j < n; j += V) {
+    const int cnt = tail(n, j, V);
+    const VT dlt = VT::set(zero, VT::loadu(x + j, cnt) - mv, cnt);
+    q = at::vec::fmadd(dlt, dlt, q);
+  }
+  rstd = T(1) / std::sqrt(row_sum<T>(q) / T(n) + T(LN_EPS));
+}
+
+// xhat = (x - mean) rstd, row of n (may be in place).
+template <typename T>
+inline void row_normalise(const T* x, int64_t n, T mean, T rstd, T* xhat) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  const VT mv(mean), rv(rstd);
+  for (int64_t j = 0; j < n; j += V) {
+    const int cnt = tail(n, j, V);
+    ((VT::loadu(x + j, cnt) - mv) * rv).store(xhat + j, cnt);
+  }
+}
+
+// LN backward of a row: dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy gain.
+template <typename T>
+inline void row_ln_backward(const T* dy, const T* gain, const T* xhat, T rstd, int64_t n, T* dx) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  const VT zero(T(0));
+  VT s(T(0)), sx(T(0));
+  for (int64_t j = 0; j < n; j += V) {
+    const int cnt = tail(n, j, V);
+    const VT g = VT::set(zero, VT::loadu(dy + j, cnt) * VT::loadu(gain + j, cnt), cnt);
+    s = s + g;
+    sx = at::vec::fmadd(g, VT::set(zero, VT::loadu(xhat + j, cnt), cnt), sx);
+  }
+  const VT m1(row_sum<T>(s) / T(n)), m2(row_sum<T>(sx) / T(n)), rv(rstd);
+  for (int64_t j = 0; j < n; j += V) {
+    const int cnt = tail(n, j, V);
+    const VT g = VT::loadu(dy + j, cnt) * VT::loadu(gain + j, cnt);
+    (rv * (g - m1 - VT::loadu(xhat + j, cnt) * m2)).store(dx + j, cnt);
+  }
+}
+
+// The operands of one direction with layer norm (per path k); Dir<T> holds the shared ones (h, y, masks).
+template <typename T>
+struct LnDir {
+  std::vector<T*> act;          // (T, B, G H): LN_ih(x W_ih^T) + b; in training overwritten by the activations
+  std::vector<T*> xih, xhh;     // training: (T, B, G H) normalised input / recurrent products
+  std::vector<T*> rih, rhh;     // training: (T, B) their 1 / std
+  std::vector<T*> graw;         // (B, G H) this step's h W_hh^T (inference: normalised in place)
+  std::vector<const T*> gih, bih, ghh, bhh, gc, bc;  // gains and shifts (G H; c: H)
+  std::vector<T*> c1, xc, rc;   // LSTM kinds, training: (T, B, H) un-zoned new cell, its normalised value, (T, B)
+  std::vector<T*> hn;           // GRU, training: (T, B, H) LN_hh(W_hn h)_n + b_hn
+  // backward
+  std::vector<T*> dgx;          // (T, B, G H): gradient of LN_ih's output (+ b)
+  std::vector<T*> dgn;          // GRU: (T, B, G H) gradient of LN_hh's output (+ b_hh); LSTM kinds: dgx
+  std::vector<T*> dgh;          // (T, B, G H): gradient of h W_hh^T
+  std::vector<T*> dch;          // LSTM kinds: (T, B, H) gradient of LN_c's output
+};
+
+// Forward of one batch row at time t, every path: the recurrent product's LN, the kind's step, the output LN
+// (LSTM kinds), the paths' sum (mean for the GRU), zoneout and the recurrent-dropout product of the next step.
+// buf: 2 H scratch of this thread.
+template <typename T, int KIND>
+void ln_fwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t cp, int64_t cn, int64_t b, T* buf) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  constexpr int G = gates<KIND>();
+  const int64_t H = a.H, GH = G * H, B = a.B, rowi = t * B + b;
+  const VT one(T(1));
+  T* hsum = buf;
+  for (int64_t k = 0; k < a.K; ++k) {
+    T* raw = l.graw[k] + b * GH;
+    T mean, rstd;
+    row_moments<T>(raw, GH, mean, rstd);
+    T* xh = a.train ? l.xhh[k] + rowi * GH : raw;
+    row_normalise<T>(raw, GH, mean, rstd, xh);
+    if (a.train) l.rhh[k][rowi] = rstd;
+    T* row = l.act[k] + rowi * GH;
+    const T* gh = l.ghh[k];
+    const T* bhh = l.bhh[k];
+    auto lnh = [&](int64_t off, int cnt) {  // LN_hh's output at offset off of the row
+      return at::vec::fmadd(VT::loadu(gh + off, cnt), VT::loadu(xh + off, cnt), VT::loadu(bhh + off, cnt));
+    };
+    if constexpr (KIND == GRU) {
+      const T* hp = a.hprev(t) + b * a.hs(t);
+      for (int64_t j0 = 0; j0 < H; j0 += V) {
+        const int cnt = tail(H, j0, V);
+        VT hr = lnh(j0, cnt), hz = lnh(H + j0, cnt), hnv = lnh(2 * H + j0, cnt);
+        if (a.bh[k]) {
+          hr = hr + VT::loadu(a.bh[k] + j0, cnt);
+          hz = hz + VT::loadu(a.bh[k] + H + j0, cnt);
+          hnv = hnv + VT::loadu(a.bh[k] + 2 * H + j0, cnt);
+        }
+        const VT r = v_sigmoid<T>(VT::loadu(row + j0, cnt) + hr);
+        const VT z = v_sigmoid<T>(VT::loadu(row + H + j0, cnt) + hz);
+        const VT n = v_tanh<T>(VT::loadu(row + 2 * H + j0, cnt) + r * hnv);
+        const VT out = (one - z) * n + z * VT::loadu(hp + j0, cnt);
+        (k == 0 ? out : VT::loadu(hsum + j0, cnt) + out).store(hsum + j0, cnt);
+        if (a.train) {
+          r.store(row + j0, cnt);
+          z.store(row + H + j0, cnt);
+          n.store(row + 2 * H + j0, cnt);
+          hnv.store(l.hn[k] + rowi * H + j0, cnt);
+        }
+      }
+    } else {
+      const T* c0p = a.c[k] + cp * B * H + b * H;
+      T* cnp = a.c[k] + cn * B * H + b * H;
+      T* c1 = a.train ? l.c1[k] + rowi * H : buf + H;
+      for (int64_t j0 = 0; j0 < H; j0 += V) {
+        const int cnt = tail(H, j0, V);
+        VT ai = VT::loadu(row + j0, cnt) + lnh(j0, cnt);
+        VT af = VT::loadu(row + H + j0, cnt) + lnh(H + j0, cnt);
+        const VT ag = VT::loadu(row + 2 * H + j0, cnt) + lnh(2 * H + j0, cnt);
+        VT ao = VT::loadu(row + 3 * H + j0, cnt) + lnh(3 * H + j0, cnt);
+        const VT c0 = VT::loadu(c0p + j0, cnt);
+        if constexpr (KIND == PEEPHOLE) {
+          ai = at::vec::fmadd(VT::loadu(a.peep[k] + j0, cnt), c0, ai);
+          af = at::vec::fmadd(VT::loadu(a.peep[k] + H + j0, cnt), c0, af);
+        }
+        const VT i = v_sigmoid<T>(ai), f = v_sigmoid<T>(af), g = v_tanh<T>(ag);
+        const VT cv = at::vec::fmadd(f, c0, i * g);
+        if constexpr (KIND == PEEPHOLE) ao = at::vec::fmadd(VT::loadu(a.peep[k] + 2 * H + j0, cnt), cv, ao);
+        const VT o = v_sigmoid<T>(ao);
+        cv.store(c1 + j0, cnt);
+        if (a.zone_c()) {
+          const VT kc = a.keep_c(t, b, k, j0, cnt);
+          (kc * c0 + (one - kc) * cv).store(cnp + j0, cnt);
+        } else {
+          cv.store(cnp + j0, cnt);
+        }
+        if (a.train) {
+          i.store(row + j0, cnt);
+          f.store(row + H + j0, cnt);
+          g.store(row + 2 * H + j0, cnt);
+        }
+        o.store(row + 3 * H + j0, cnt);  // (inference: the row is this step's scratch)
+      }
+      T cm, cr;
+      row_moments<T>(c1, H, cm, cr);
+      T* xc = a.train ? l.xc[k] + rowi * H : c1;
+      row_normalise<T>(c1, H, cm, cr, xc);
+      if (a.train) l.rc[k][rowi] = cr;
+      for (int64_t j0 = 0; j0 < H; j0 += V) {
+        const int cnt = tail(H, j0, V);
+        const VT cn_ = at::vec::fmadd(VT::loadu(l.gc[k] + j0, cnt), VT::loadu(xc + j0, cnt),
+                                      VT::loadu(l.bc[k] + j0, cnt));
+        const VT out = VT::loadu(row + 3 * H + j0, cnt) * v_tanh<T>(cn_);
+        (k == 0 ? out : VT::loadu(hsum + j0, cnt) + out).store(hsum + j0, cnt);
+      }
+    }
+  }
+  const T* hp = a.hprev(t) + b * a.hs(t);
+  T* yr = a.y + t * B * a.ys() + a.d * H + b * a.ys();
+  const int64_t tn = a.tnext(t);
+  const bool next = a.rmask && tn >= 0 && tn < a.T_;
+  for (int64_t j0 = 0; j0 < H; j0 += V) {
+    const int cnt = tail(H, j0, V);
+    VT hv = VT::loadu(hsum + j0, cnt);
+    if (KIND == GRU && a.K > 1) hv = hv / VT(T(a.K));
+    if (a.zone_h()) {
+      const VT kh = a.keep_h(t, b, j0, cnt);
+      hv = kh * VT::loadu(hp + j0, cnt) + (one - kh) * hv;
+    }
+    hv.store(yr + j0, cnt);
+    if (next) (hv * VT::loadu(a.rmask + b * H + j0, cnt)).store(a.hm + a.hm_slot(tn) * B * H + b * H + j0, cnt);
+  }
+}
+
+// Backward of one batch row at time t, every path: from dh (the carried h's gradient) and each path's carried
+// dc, the gradients of LN_ih's output (dgx), of LN_hh's output (dgn, GRU), of h W_hh^T (dgh), of LN_c's output
+// (dch); the direct term of dh_prev (a.dir) and dc_prev (in place of dc).
+template <typename T, int KIND>
+void ln_bwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t b) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  constexpr int G = gates<KIND>();
+  const int64_t H = a.H, GH = G * H, B = a.B, rowi = t * B + b;
+  const VT one(T(1)), zero(T(0));
+  const T* dhr = a.dh + b * H;
+  for (int64_t k = 0; k < a.K; ++k) {
+    const T* row = l.act[k] + rowi * GH;
+    T* dgx = l.dgx[k] + rowi * GH;
+    if constexpr (KIND == GRU) {
+      T* dgn = l.dgn[k] + rowi * GH;
+      const T* hp = a.hprev(t) + b * a.hs(t);
+      const T* hn = l.hn[k] + rowi * H;
+      for (int64_t j0 = 0; j0 < H; j0 += V) {
+        const int cnt = tail(H, j0, V);
+        const VT dhc = VT::loadu(dhr + j0, cnt);
+        const VT kh = a.zone_h() ? a.keep_h(t, b, j0, cnt) : zero;
+        const VT dh = a.zone_h() ? (one - kh) * dhc : dhc;
+        const VT dout = a.K > 1 ? dh / VT(T(a.K)) : dh;
+        const VT r = VT::loadu(row + j0, cnt), z = VT::loadu(row + H + j0, cnt), n = VT::loadu(row + 2 * H + j0, cnt);
+        const VT dn = dout * (one - z);
+        const VT dz = dout * (VT::loadu(hp + j0, cnt) - n);
+        const VT dan = dn * (one - n * n);
+        const VT dar = dan * VT::loadu(hn + j0, cnt) * r * (one - r);
+        const VT daz = dz * z * (one - z);
+        dar.store(dgx + j0, cnt);
+        daz.store(dgx + H + j0, cnt);
+        dan.store(dgx + 2 * H + j0, cnt);
+        dar.store(dgn + j0, cnt);
+        daz.store(dgn + H + j0, cnt);
+        (dan * r).store(dgn + 2 * H + j0, cnt);
+        VT direct = dout * z;
+        if (k > 0)
+          direct = VT::loadu(a.dir + b * H + j0, cnt) + direct;
+        else if (a.zone_h())
+          direct = kh * dhc + direct;
+        direct.store(a.dir + b * H + j0, cnt);
+      }
+      row_ln_backward<T>(dgn, l.ghh[k], l.xhh[k] + rowi * GH, l.rhh[k][rowi], GH, l.dgh[k] + rowi * GH);
+    } else {
+      const T* c0p = a.c[k] + a.slot_prev(t) * B * H + b * H;
+      const T* c1 = l.c1[k] + rowi * H;
+      const T* xc = l.xc[k] + rowi * H;
+      T* dch = l.dch[k] + rowi * H;
+      T* dcb = a.dc[k] + b * H;
+      // pass 1: the output's gradients (o and LN_c's output), and LN_c's two row sums
+      VT s(T(0)), sx(T(0));
+      for (int64_t j0 = 0; j0 < H; j0 += V) {
+        const int cnt = tail(H, j0, V);
+        VT dh = VT::loadu(dhr + j0, cnt);
+        if (a.zone_h()) {
+          const VT kh = a.keep_h(t, b, j0, cnt);
+          if (k == 0) (kh * dh).store(a.dir + b * H + j0, cnt);
+          dh = (one - kh) * dh;
+        }
+        const VT gcv = VT::loadu(l.gc[k] + j0, cnt), xcv = VT::loadu(xc + j0, cnt);
+        const VT tc = v_tanh<T>(at::vec::fmadd(gcv, xcv, VT::loadu(l.bc[k] + j0, cnt)));
+        const VT o = VT::loadu(row + 3 * H + j0, cnt);
+        (dh * tc * o * (one - o)).store(dgx + 3 * H + j0, cnt);
+        const VT dc_hat = dh * o * (one - tc * tc);
+        dc_hat.store(dch + j0, cnt);
+        const VT g = VT::set(zero, dc_hat * gcv, cnt);
+        s = s + g;
+        sx = at::vec::fmadd(g, VT::set(zero, xcv, cnt), sx);
+      }
+      const VT m1(row_sum<T>(s) / T(H)), m2(row_sum<T>(sx) / T(H)), rv(l.rc[k][rowi]);
+      // pass 2: the cell's gradient, the gates', dc_prev
+      for (int64_t j0 = 0; j0 < H; j0 += V) {
+        const int cnt = tail(H, j0, V);
+        const VT g = VT::loadu(dch + j0, cnt) * VT::loadu(l.gc[k] + j0, cnt);
+        VT dc = rv * (g - m1 - VT::loadu(xc + j0, cnt) * m2);
+        const VT dcc = VT::loadu(dcb + j0, cnt);
+        const VT kc = a.zone_c() ? a.keep_c(t, b, k, j0, cnt) : zero;
+        dc = dc + (a.zone_c() ? (one - kc) * dcc : dcc);
+        const VT dao = VT::loadu(dgx + 3 * H + j0, cnt);
+        if constexpr (KIND == PEEPHOLE) dc = at::vec::fmadd(dao, VT::loadu(a.peep[k] + 2 * H + j0, cnt), dc);
+        const VT i = VT::loadu(row + j0, cnt), f = VT::loadu(row + H + j0, cnt), gg = VT::loadu(row + 2 * H + j0, cnt);
+        const VT c0 = VT::loadu(c0p + j0, cnt);
+        const VT dai = dc * gg * i * (one - i);
+        const VT daf = dc * c0 * f * (one - f);
+        const VT dag = dc * i * (one - gg * gg);
+        VT dcp = dc * f;
+        if constexpr (KIND == PEEPHOLE) {
+          dcp = at::vec::fmadd(dai, VT::loadu(a.peep[k] + j0, cnt), dcp);
+          dcp = at::vec::fmadd(daf, VT::loadu(a.peep[k] + H + j0, cnt), dcp);
+        }
+        if (a.zone_c()) dcp = kc * dcc + dcp;
+        dai.store(dgx + j0, cnt);
+        daf.store(dgx + H + j0, cnt);
+        dag.store(dgx + 2 * H + j0, cnt);
+        dcp.store(dcb + j0, cnt);
+      }
+      (void)c1;
+      row_ln_backward<T>(dgx, l.ghh[k], l.xhh[k] + rowi * GH, l.rhh[k][rowi], GH, l.dgh[k] + rowi * GH);
+    }
+  }
+}
+
+// Rows [0, n) in parallel (torch's thread pool), at least 4 rows a task.
+template <typename F>
+void for_rows(int64_t n, int64_t threads, const F& f) {
+  if (threads <= 1 || n < 8) {
+    for (int64_t b = 0; b < n; ++b) f(b, 0);
+    return;
+  }
+  at::parallel_for(0, n, std::max<int64_t>(4, (n + threads - 1) / threads), [&](int64_t b0, int64_t b1) {
+    const int64_t tid = at::get_thread_num();
+    for (int64_t b = b0; b < b1; ++b) f(b, tid);
+  });
+}
+
+// ln: per direction 6 tensors (gain and shift of LN_ih, LN_hh (G H each per path), LN_c (H per path; undefined
+// for the GRU)). Returns y, h_n, c_n, then in training per direction and path the saved tensors (ln_saved()),
+// then per direction with recurrent dropout the masked h_prev of every step.
+constexpr int LN_SAVED = 9;  // act, xih, rih, xhh, rhh, c1 / hn, xc, rc, carried c (undefined where absent)
+
+template <typename T, int KIND>
+std::vector<Tensor> ln_forward_impl(const Layer& L, const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                    const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
+                                    const std::vector<Tensor>& b_ih, const std::vector<Tensor>& b_hh,
+                                    const std::vector<Tensor>& peep, const std::vector<Tensor>& ln, bool train,
+                                    int64_t threads, const std::vector<Tensor>& rmask, const std::vector<Tensor>& zh,
+                                    const std::vector<Tensor>& zc, double ph, double pc) {
+  constexpr int G = gates<KIND>();
+  const int64_t K = L.K, T_ = L.T_, B = L.B, I = L.I, H = L.H, D = L.D, GH = G * H;
+  const auto opt = x.options();
+  const bool cell = KIND != GRU;
+  Tensor y = at::empty({T_, B, D * H}, opt);
+  Tensor h_n = at::empty({D, B, H}, opt);
+  Tensor c_n = cell ? at::empty({D, B, K * H}, opt) : Tensor();
+  std::vector<Tensor> saved, saved_hm;
+  const Tensor x2 = x.view({T_ * B, I});
+  const int64_t nthr = std::max<int64_t>(threads, at::get_num_threads());
+  Tensor scratch = at::empty({nthr, 2 * H}, opt);
+  for (int64_t d = 0; d < D; ++d) {
+    Dir<T> a;
+    LnDir<T> l;
+    a.T_ = T_, a.B = B, a.H = H, a.K = K, a.D = D, a.d = d, a.nub = 0;
+    a.reverse = d == 1, a.train = train, a.own = false;
+    Tensor h0d = h0[d].contiguous();
+    a.h0 = h0d.data_ptr<T>();
+    a.y = y.data_ptr<T>();
+    Tensor hm;
+    if (!rmask.empty()) {
+      a.rmask = rmask[d].data_ptr<T>();
+      hm = at::empty({train ? T_ : 2, B, H}, opt);
+      a.hm = hm.data_ptr<T>();
+      hm[a.hm_slot(a.reverse ? T_ - 1 : 0)].copy_(h0d * rmask[d]);
+      if (train) saved_hm.push_back(hm);
+    }
+    a.zh = zh.empty() ? nullptr : zh[d].data_ptr<T>();
+    a.zc = zc.empty() ? nullptr : zc[d].data_ptr<T>();
+    a.ph = static_cast<T>(ph), a.pc = static_cast<T>(pc);
+    const std::vector<Tensor> prep = prepare_dir<T, KIND>(K, H, w_ih[d], w_hh[d], b_ih[d], b_hh[d], peep[d], false);
+    std::vector<Tensor> keep, whh_t(K), graw(K), cells;
+    for (int64_t k = 0; k < K; ++k) {
+      const Tensor& bx = prep[k * 5 + 1];
+      keep.insert(keep.end(), {prep[k * 5 + 2], prep[k * 5 + 3]});
+      a.bh.push_back(prep[k * 5 + 2].defined() ? prep[k * 5 + 2].data_ptr<T>() : nullptr);
+      a.peep.push_back(prep[k * 5 + 3].defined() ? prep[k * 5 + 3].data_ptr<T>() : nullptr);
+      whh_t[k] = w_hh[d].narrow(0, k * GH, GH).t().contiguous();  // (H, G H), own buffer
+      graw[k] = at::empty({B, GH}, opt);
+      l.graw.push_back(graw[k].data_ptr<T>());
+      for (int j = 0; j < 6; ++j) {
+        const Tensor& p = ln[d * 6 + j];
+        if (!p.defined()) {
+          keep.push_back(Tensor());
+          continue;
+        }
+        keep.push_back(own_rows(p, k, j < 4 ? GH : H));
+      }
+      const size_t o = keep.size() - 6;
+      l.gih.push_back(keep[o].data_ptr<T>());
+      l.bih.push_back(keep[o + 1].data_ptr<T>());
+      l.ghh.push_back(keep[o + 2].data_ptr<T>());
+      l.bhh.push_back(keep[o + 3].data_ptr<T>());
+      l.gc.push_back(cell ? keep[o + 4].data_ptr<T>() : nullptr);
+      l.bc.push_back(cell ? keep[o + 5].data_ptr<T>() : nullptr);
+      // the input side: x W_ih^T of every step, normalised row by row, plus the bias
+      Tensor act = at::empty({T_, B, GH}, opt);
+      Tensor act2 = act.view({T_ * B, GH});
+      at::mm_out(act2, x2, prep[k * 5].t());
+      Tensor xih = train ? at::empty({T_, B, GH}, opt) : Tensor();
+      Tensor rih = train ? at::empty({T_, B}, opt) : Tensor();
+      {
+        T* ap = act.data_ptr<T>();
+        T* xp = train ? xih.data_ptr<T>() : nullptr;
+        T* rp = train ? rih.data_ptr<T>() : nullptr;
+        const T* gi = l.gih[k];
+        const T* bi = l.bih[k];
+        const T* bxp = bx.defined() ? bx.data_ptr<T>() : nullptr;
+        for_rows(T_ * B, threads, [&](int64_t r, int64_t) {
+          using VT = Vec<T>;
+          constexpr int V = VT::size();
+          T* row = ap + r * GH;
+          T mean, rstd;
+          row_moments<T>(row, GH, mean, rstd);
+          T* xh = train ? xp + r * GH : row;
+          row_normalise<T>(row, GH, mean, rstd, xh);
+          if (train) rp[r] = rstd;
+          for (int64_t j = 0; j < GH; j += V) {
+            const int cnt = tail(GH, j, V);
+            VT v = at::vec::fmadd(VT::loadu(gi + j, cnt), VT::loadu(xh + j, cnt), VT::loadu(bi + j, cnt));
+            if (bxp) v = v + VT::loadu(bxp + j, cnt);
+            v.store(row + j, cnt);
+          }
+        });
+      }
+      l.act.push_back(act.data_ptr<T>());
+      Tensor xhh = train ? at::empty({T_, B, GH}, opt) : Tensor();
+      Tensor rhh = train ? at::empty({T_, B}, opt) : Tensor();
+      l.xih.push_back(train ? xih.data_ptr<T>() : nullptr);
+      l.rih.push_back(train ? rih.data_ptr<T>() : nullptr);
+      l.xhh.push_back(train ? xhh.data_ptr<T>() : nullptr);
+      l.rhh.push_back(train ? rhh.data_ptr<T>() : nullptr);
+      Tensor c1, xc, rc, hn, cst;
+      if (cell) {
+        cst = at::empty({train ? T_ + 1 : 1, B, H}, opt);
+        cst[train && a.reverse ? T_ : 0].copy_(c0[d].narrow(1, k * H, H));
+        a.c.push_back(cst.data_ptr<T>());
+        if (train) {
+          c1 = at::empty({T_, B, H}, opt);
+          xc = at::empty({T_, B, H}, opt);
+          rc = at::empty({T_, B}, opt);
+        }
+        l.c1.push_back(train ? c1.data_ptr<T>() : nullptr);
+        l.xc.push_back(train ? xc.data_ptr<T>() : nullptr);
+        l.rc.push_back(train ? rc.data_ptr<T>() : nullptr);
+      } else if (train) {
+        hn = at::empty({T_, B, H}, opt);
+        l.hn.push_back(hn.data_ptr<T>());
+      }
+      saved.insert(saved.end(), {act, xih, rih, xhh, rhh, cell ? c1 : hn, xc, rc, cst});
+      cells.push_back(cst);
+    }
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t t = a.time(s);
+      Tensor hprev = at::from_blob(const_cast<T*>(a.ghprev(t)), {B, H}, {a.ghs(t), 1}, opt);
+      for (int64_t k = 0; k < K; ++k) at::mm_out(graw[k], hprev, whh_t[k]);
+      const int64_t cp = train ? a.slot_prev(t) : 0, cn = train ? a.slot_new(t) : 0;
+      for_rows(B, threads, [&](int64_t b, int64_t tid) {
+        ln_fwd_row<T, KIND>(a, l, t, cp, cn, b, scratch.data_ptr<T>() + tid * 2 * H);
+      });
+    }
+    h_n[d].copy_(y[a.reverse ? 0 : T_ - 1].narrow(1, d * H, H));
+    if (cell)
+      for (int64_t k = 0; k < K; ++k)
+        c_n[d].narrow(1, k * H, H).copy_(cells[k][train ? (a.reverse ? 0 : T_) : 0]);
+  }
+  std::vector<Tensor> out{y, h_n, c_n};
+  if (train) {
+    out.insert(out.end(), saved.begin(), saved.end());
+    out.insert(out.end(), saved_hm.begin(), saved_hm.end());
+  }
+  return out;
+}
+
+// needs: x, h0, c0, w_ih, w_hh, b_ih, b_hh, peephole, the LN parameters. saved: ln_forward_impl's, LN_SAVED per
+// direction and path. Returns dx, dh0, dc0, then per direction the gradients of w_ih, w_hh, b_ih, b_hh,
+// peephole and the 6 LN parameters (undefined where not needed or absent).
+template <typename T, int KIND>
+std::vector<Tensor> ln_backward_impl(const Layer& L, const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                     const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
+                                     const std::vector<Tensor>& b_ih, const std::vector<Tensor>& b_hh,
+                                     const std::vector<Tensor>& peep, const std::vector<Tensor>& ln,
+                                     const Tensor& y, const std::vector<Tensor>& saved, const Tensor& dy,
+                                     const Tensor& dh_n, const Tensor& dc_n, const std::vector<bool>& needs,
+                                     int64_t threads, const std::vector<Tensor>& rmask,
+                                     const std::vector<Tensor>& hms, const std::vector<Tensor>& zh,
+                                     const std::vector<Tensor>& zc, double ph, double pc) {
+  constexpr int G = gates<KIND>();
+  const int64_t K = L.K, T_ = L.T_, B = L.B, I = L.I, H = L.H, D = L.D, GH = G * H;
+  const auto opt = x.options();
+  const bool cell = KIND != GRU;
+  const bool n_x = needs[0], n_h0 = needs[1], n_c0 = needs[2], n_wih = needs[3], n_whh = needs[4],
+             n_bih = needs[5], n_bhh = needs[6], n_peep = needs[7], n_ln = needs[8];
+  const Tensor x2 = x.view({T_ * B, I});
+  Tensor dx = n_x ? at::zeros({T_, B, I}, opt) : Tensor();
+  Tensor dx2 = n_x ? dx.view({T_ * B, I}) : Tensor();
+  Tensor dh0 = n_h0 ? at::empty({D, B, H}, opt) : Tensor();
+  Tensor dc0 = cell && n_c0 ? at::empty({D, B, K * H}, opt) : Tensor();
+  std::vector<Tensor> out_w;
+  for (int64_t d = 0; d < D; ++d) {
+    Dir<T> a;
+    LnDir<T> l;
+    a.T_ = T_, a.B = B, a.H = H, a.K = K, a.D = D, a.d = d, a.nub = 0;
+    a.reverse = d == 1, a.train = true, a.own = false;
+    Tensor h0d = h0[d].contiguous();
+    a.h0 = h0d.data_ptr<T>();
+    a.y = const_cast<T*>(y.data_ptr<T>());
+    const bool masked = !rmask.empty();
+    Tensor rmask_d = masked ? rmask[d] : Tensor();
+    if (masked) a.rmask = rmask_d.data_ptr<T>();
+    a.zh = zh.empty() ? nullptr : zh[d].data_ptr<T>();
+    a.zc = zc.empty() ? nullptr : zc[d].data_ptr<T>();
+    a.ph = static_cast<T>(ph), a.pc = static_cast<T>(pc);
+    a.dy = dy.data_ptr<T>();
+    std::vector<Tensor> keep, whh_lib(K), dgx(K), dgn(K), dgh(K), dch(K), dcs(K), gain_ih(K);
+    for (int64_t k = 0; k < K; ++k) {
+      const Tensor* sv = &saved[(d * K + k) * LN_SAVED];
+      l.act.push_back(const_cast<T*>(sv[0].data_ptr<T>()));
+      l.xhh.push_back(const_cast<T*>(sv[3].data_ptr<T>()));
+      l.rhh.push_back(const_cast<T*>(sv[4].data_ptr<T>()));
+      if (cell) {
+        l.c1.push_back(const_cast<T*>(sv[5].data_ptr<T>()));
+        l.xc.push_back(const_cast<T*>(sv[6].data_ptr<T>()));
+        l.rc.push_back(const_cast<T*>(sv[7].data_ptr<T>()));
+        a.c.push_back(const_cast<T*>(sv[8].data_ptr<T>()));
+      } else {
+        l.hn.push_back(const_cast<T*>(sv[5].data_ptr<T>()));
+      }
+      whh_lib[k] = w_hh[d].narrow(0, k * GH, GH).clone(at::MemoryFormat::Contiguous);  // (G H, H)
+      a.peep.push_back(KIND == PEEPHOLE ? (keep.push_back(own_rows(peep[d], k, 3 * H)), keep.back().data_ptr<T>())
+                                        : nullptr);
+      gain_ih[k] = own_rows(ln[d * 6], k, GH);
+      keep.push_back(own_rows(ln[d * 6 + 2], k, GH));
+      l.ghh.push_back(keep.back().data_ptr<T>());
+      if (cell) {
+        keep.push_back(own_rows(ln[d * 6 + 4], k, H));
+        l.gc.push_back(keep.back().data_ptr<T>());
+        keep.push_back(own_rows(ln[d * 6 + 5], k, H));
+        l.bc.push_back(keep.back().data_ptr<T>());
+      }
+      dgx[k] = at::empty({T_, B, GH}, opt);
+      l.dgx.push_back(dgx[k].data_ptr<T>());
+      dgn[k] = KIND == GRU ? at::empty({T_, B, GH}, opt) : dgx[k];
+      l.dgn.push_back(dgn[k].data_ptr<T>());
+      dgh[k] = at::empty({T_, B, GH}, opt);
+      l.dgh.push_back(dgh[k].data_ptr<T>());
+      if (cell) {
+        dch[k] = at::empty({T_, B, H}, opt);
+        l.dch.push_back(dch[k].data_ptr<T>());
+        dcs[k] = dc_n[d].narrow(1, k * H, H).clone(at::MemoryFormat::Contiguous);
+        a.dc.push_back(dcs[k].data_ptr<T>());
+      }
+    }
+    const int64_t t_first = a.reverse ? 0 : T_ - 1;
+    Tensor dh = (dh_n[d] + dy[t_first].narrow(1, d * H, H)).contiguous();  // (B, H)
+    a.dh = dh.data_ptr<T>();
+    Tensor dir = KIND == GRU || a.zone_h() ? at::empty({B, H}, opt) : Tensor();
+    a.dir = dir.defined() ? dir.data_ptr<T>() : nullptr;
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t st = T_ - 1 - s;
+      const int64_t t = a.time(st);
+      for_rows(B, threads, [&](int64_t b, int64_t) { ln_bwd_row<T, KIND>(a, l, t, b); });
+      const T* dyp = nullptr;  // dy at the time of this step's h_prev; none for h_0
+      if (st > 0) dyp = a.dy + (a.reverse ? t + 1 : t - 1) * B * a.ys() + d * H;
+      Tensor init = dyp ? at::from_blob(const_cast<T*>(dyp), {B, H}, {a.ys(), 1}, opt) : Tensor();
+      Tensor sum = masked ? at::zeros({B, H}, opt) : dh;
+      if (!masked) {
+        if (init.defined())
+          dh.copy_(init);
+        else
+          dh.zero_();
+        if (dir.defined()) dh.add_(dir);
+      }
+      for (int64_t k = 0; k < K; ++k) sum.addmm_(dgh[k][t], whh_lib[k]);
+      if (masked) {
+        dh.copy_(sum * rmask_d);
+        if (init.defined()) dh.add_(init);
+        if (dir.defined()) dh.add_(dir);
+      }
+    }
+    if (n_h0) dh0[d].copy_(dh);
+    if (cell && n_c0)
+      for (int64_t k = 0; k < K; ++k) dc0[d].narrow(1, k * H, H).copy_(dcs[k]);
+    whh_lib.clear();
+
+    // After the loop, per path (each in buffers of its own): LN_ih's backward over every step, the reductions
+    // that give the gains', shifts', biases' and peepholes' gradients, and the weights' and x's GEMMs.
+    Tensor gwi = n_wih ? at::empty({K * GH, I}, opt) : Tensor();
+    Tensor gwh = n_whh ? at::empty({K * GH, H}, opt) : Tensor();
+    std::vector<Tensor> gb_x, gb_h, gp, g_ln[6];
+    for (int64_t k = 0; k < K; ++k) {
+      const Tensor* sv = &saved[(d * K + k) * LN_SAVED];
+      Tensor da = dgx[k].view({T_ * B, GH});
+      Tensor dn = dgn[k].view({T_ * B, GH});
+      Tensor xih = sv[1].view({T_ * B, GH}), rih = sv[2].view({T_ * B, 1});
+      Tensor xhh = sv[3].view({T_ * B, GH});
+      Tensor g = da * gain_ih[k];
+      Tensor draw = rih * (g - g.mean(1, true) - xih * (g * xih).mean(1, true));  // d (x W_ih^T)
+      Tensor ghk = dgh[k].view({T_ * B, GH});
+      if (n_wih) gwi.narrow(0, k * GH, GH).copy_(at::mm(x2.t(), draw).t());
+      if (n_whh && masked) {
+        gwh.narrow(0, k * GH, GH).copy_(at::mm(hms[d].view({T_ * B, H}).t(), ghk).t());
+      } else if (n_whh) {
+        Tensor yd = y.narrow(2, d * H, H);
+        Tensor first = a.reverse ? ghk.narrow(0, (T_ - 1) * B, B) : ghk.narrow(0, 0, B);
+        Tensor gk = at::mm(h0d.t(), first);  // (H, G H)
+        if (T_ > 1) {
+          Tensor rest = a.reverse ? ghk.narrow(0, 0, (T_ - 1) * B) : ghk.narrow(0, B, (T_ - 1) * B);
+          Tensor hp = (a.reverse ? yd.narrow(0, 1, T_ - 1) : yd.narrow(0, 0, T_ - 1)).reshape({(T_ - 1) * B, H});
+          gk.addmm_(hp.t(), rest);
+        }
+        gwh.narrow(0, k * GH, GH).copy_(gk.t());
+      }
+      if (n_x) dx2.addmm_(draw, w_ih[d].narrow(0, k * GH, GH));
+      Tensor sum_da = da.sum(0);
+      if (KIND == GRU) {
+        if (b_ih[d].defined() && n_bih) gb_x.push_back(sum_da);
+        if (b_hh[d].defined() && n_bhh) gb_h.push_back(dn.sum(0));
+      } else if ((b_ih[d].defined() && n_bih) || (b_hh[d].defined() && n_bhh)) {
+        gb_x.push_back(sum_da);
+      }
+      if (KIND == PEEPHOLE && n_peep) {
+        Tensor cst = sv[8];
+        Tensor cprev = (a.reverse ? cst.narrow(0, 1, T_) : cst.narrow(0, 0, T_)).reshape({T_ * B, H});
+        Tensor c1 = sv[5].view({T_ * B, H});
+        gp.push_back(at::cat({(da.narrow(1, 0, H) * cprev).sum(0), (da.narrow(1, H, H) * cprev).sum(0),
+                              (da.narrow(1, 3 * H, H) * c1).sum(0)}));
+      }
+      if (n_ln) {
+        g_ln[0].push_back((da * xih).sum(0));
+        g_ln[1].push_back(sum_da);
+        g_ln[2].push_back((dn * xhh).sum(0));
+        g_ln[3].push_back(dn.sum(0));
+        if (cell) {
+          Tensor dc2 = dch[k].view({T_ * B, H});
+          g_ln[4].push_back((dc2 * sv[6].view({T_ * B, H})).sum(0));
+          g_ln[5].push_back(dc2.sum(0));
+        }
+      }
+    }
+    Tensor gbi, gbh;
+    if (KIND == GRU) {
+      if (!gb_x.empty()) gbi = at::cat(gb_x);
+      if (!gb_h.empty()) gbh = at::cat(gb_h);
+    } else if (!gb_x.empty()) {
+      Tensor gb = at::cat(gb_x);
+      if (b_ih[d].defined() && n_bih) gbi = gb;
+      if (b_hh[d].defined() && n_bhh) gbh = gbi.defined() ? gb.clone() : gb;
+    }
+    Tensor gpe = !gp.empty() ? at::cat(gp) : Tensor();
+    out_w.insert(out_w.end(), {gwi, gwh, gbi, gbh, gpe});
+    for (int j = 0; j < 6; ++j) out_w.push_back(g_ln[j].empty() ? Tensor() : at::cat(g_ln[j]));
+  }
+  std::vector<Tensor> out{dx, dh0, dc0};
+  out.insert(out.end(), out_w.begin(), out_w.end());
+  return out;
+}
+
 #ifndef CRNN_KERNELS_ONLY  // (a test harness can include the kernels alone)
 Layer layer_of(int64_t kind, int64_t K, const Tensor& x, const std::vector<Tensor>& w_hh) {
   Layer L;
@@ -1349,6 +1996,79 @@ std::vector<Tensor> backward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::
   });
 }
 
+// Layer norm: per direction 6 tensors (ln_ih gain, shift; ln_hh gain, shift; ln_c gain, shift: None for the GRU).
+void check_ln(int64_t kind, int64_t K, std::vector<Tensor>& ln, const Tensor& x, const std::vector<Tensor>& w_hh) {
+  const int64_t H = w_hh[0].size(1), G = kind == GRU ? 3 : 4;
+  TORCH_CHECK(ln.size() == 6 * w_hh.size(), "cerebral_rnn native: 6 layer-norm tensors per direction");
+  for (size_t j = 0; j < ln.size(); ++j) {
+    const bool c = j % 6 >= 4;
+    if (c && kind == GRU) continue;
+    TORCH_CHECK(ln[j].defined() && ln[j].dim() == 1 && ln[j].size(0) == K * (c ? H : G * H) &&
+                    ln[j].scalar_type() == x.scalar_type(),
+                "cerebral_rnn native: a layer-norm gain or shift is (K G H) or, for c, (K H) in the input's dtype");
+    ln[j] = ln[j].contiguous();
+  }
+}
+
+std::vector<Tensor> ln_forward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::optional<Tensor> c0,
+                               std::vector<Tensor> w_ih, std::vector<Tensor> w_hh,
+                               std::vector<std::optional<Tensor>> b_ih, std::vector<std::optional<Tensor>> b_hh,
+                               std::vector<std::optional<Tensor>> peep, std::vector<std::optional<Tensor>> ln_opt,
+                               bool train, int64_t threads, std::vector<Tensor> rmask, std::vector<Tensor> zh,
+                               std::vector<Tensor> zc, double ph, double pc) {
+  check_args(kind, K, x, w_hh);
+  check_masks(rmask, x, w_hh);
+  check_zoneout(kind, K, zh, zc, x, w_hh);
+  auto ln = defined(ln_opt);
+  check_ln(kind, K, ln, x, w_hh);
+  at::NoGradGuard no_grad;
+  const Layer L = layer_of(kind, K, x, w_hh);
+  for (auto& w : w_ih) w = w.contiguous();
+  for (auto& w : w_hh) w = w.contiguous();
+  const Tensor c = c0.has_value() ? *c0 : Tensor();
+  const auto bi = defined(b_ih), bh = defined(b_hh), pp = defined(peep);
+  return dispatch(kind, x.scalar_type(), [&](auto tv, auto kv) {
+    using T = decltype(tv);
+    return ln_forward_impl<T, decltype(kv)::value>(L, x, h0, c, w_ih, w_hh, bi, bh, pp, ln, train, threads, rmask,
+                                                    zh, zc, ph, pc);
+  });
+}
+
+std::vector<Tensor> ln_backward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::optional<Tensor> c0,
+                                std::vector<Tensor> w_ih, std::vector<Tensor> w_hh,
+                                std::vector<std::optional<Tensor>> b_ih, std::vector<std::optional<Tensor>> b_hh,
+                                std::vector<std::optional<Tensor>> peep, std::vector<std::optional<Tensor>> ln_opt,
+                                Tensor y, std::vector<std::optional<Tensor>> saved_opt, Tensor dy, Tensor dh_n,
+                                std::optional<Tensor> dc_n, std::vector<bool> needs, int64_t threads,
+                                std::vector<Tensor> rmask, std::vector<Tensor> hms, std::vector<Tensor> zh,
+                                std::vector<Tensor> zc, double ph, double pc) {
+  check_args(kind, K, x, w_hh);
+  check_masks(rmask, x, w_hh);
+  check_zoneout(kind, K, zh, zc, x, w_hh);
+  auto ln = defined(ln_opt);
+  check_ln(kind, K, ln, x, w_hh);
+  TORCH_CHECK(hms.size() == rmask.size(), "cerebral_rnn native: one saved h_prev * mask per masked direction");
+  for (auto& t : hms) t = t.contiguous();
+  TORCH_CHECK(needs.size() == 9, "cerebral_rnn native: needs has 9 flags");
+  const auto saved = defined(saved_opt);
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == LN_SAVED * K * static_cast<int64_t>(w_hh.size()),
+              "cerebral_rnn native: the saved tensors of ln_forward");
+  at::NoGradGuard no_grad;
+  const Layer L = layer_of(kind, K, x, w_hh);
+  for (auto& w : w_ih) w = w.contiguous();
+  for (auto& w : w_hh) w = w.contiguous();
+  const Tensor c = c0.has_value() ? *c0 : Tensor();
+  const Tensor dc = dc_n.has_value() ? dc_n->contiguous() : Tensor();
+  const auto bi = defined(b_ih), bh = defined(b_hh), pp = defined(peep);
+  dy = dy.contiguous();
+  dh_n = dh_n.contiguous();
+  return dispatch(kind, x.scalar_type(), [&](auto tv, auto kv) {
+    using T = decltype(tv);
+    return ln_backward_impl<T, decltype(kv)::value>(L, x, h0, c, w_ih, w_hh, bi, bh, pp, ln, y, saved, dy, dh_n,
+                                                     dc, needs, threads, rmask, hms, zh, zc, ph, pc);
+  });
+}
+
 #endif  // CRNN_KERNELS_ONLY
 }  // namespace crnn
 
@@ -1365,6 +2085,8 @@ std::vector<Tensor> backward(int64_t kind, int64_t K, Tensor x, Tensor h0, std::
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &crnn::forward, "one layer forward (every direction)");
   m.def("backward", &crnn::backward, "one layer BPTT (every direction)");
+  m.def("ln_forward", &crnn::ln_forward, "one layer forward with layer norm (every direction)");
+  m.def("ln_backward", &crnn::ln_backward, "one layer BPTT with layer norm (every direction)");
   m.def("capability", &crnn::capability, "the vector ISA this build was compiled for");
   // what this module was built from and for: native.py uses it only if all three match the running process
   m.attr("source_sha") = CRNN_STR(CRNN_SOURCE_SHA);
