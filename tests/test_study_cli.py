@@ -237,9 +237,10 @@ def test_the_recurrent_layers_regularisers_join_the_search_space_for_every_arm(t
     assert run_cli(*ADDING, "--jobs", "1", "--seeds", "1", "--models", arms, "--epochs", "1", "--tune", "2",
                    "--tune-recurrent", "--out", str(out)) == 0
     tu = json.loads((out / "manifest.json").read_text())["tuning"]
-    settings = {a: [(t["rnn_weight_dropout"], t["recurrent_dropout"]) for t in tu["trials"][a]] for a in arms.split(",")}
+    settings = {a: [(t["rnn_weight_dropout"], t["recurrent_dropout"], t["zoneout"]) for t in tu["trials"][a]]
+                for a in arms.split(",")}
     assert len({tuple(v) for v in settings.values()}) == 1  # the same draws for every arm
-    assert all(0 < w < 0.5 and 0 < r < 0.5 for w, r in settings["lstm"])
+    assert all(0 < w < 0.5 and 0 < r < 0.5 and 0 < z < 0.5 for w, r, z in settings["lstm"])
     for arm in arms.split(","):
         ckpt = CK.load_checkpoint(str(out / "checkpoints" / f"{arm}-seed0.pt"))
         rnn = M.model_rnn(M.build_model(ckpt["model_config"]))
@@ -247,6 +248,32 @@ def test_the_recurrent_layers_regularisers_join_the_search_space_for_every_arm(t
         chosen = tu["chosen"][arm]
         assert inner.regularisers.weight_dropout == pytest.approx(chosen["rnn_weight_dropout"])
         assert inner.regularisers.recurrent_dropout == pytest.approx(chosen["recurrent_dropout"])
+        assert inner.regularisers.zoneout_h == pytest.approx(chosen["zoneout"])
+        assert inner.regularisers.zoneout_c == pytest.approx(chosen["zoneout"])  # every arm here has a c
+        assert not inner.regularisers.layer_norm
+
+
+def test_fixed_zoneout_and_layer_norm_reach_every_arm_and_the_tables(tmp_path):
+    from cerebral_rnn.study import checkpoint as CK
+    from cerebral_rnn.study import model as M
+
+    out = tmp_path / "fixed"
+    arms = "lstm,lstm2,cerebral,lstm-x2,lstmp,gru,cerebral-gru,cerebral-peephole"
+    assert run_cli(*ADDING, "--jobs", "1", "--seeds", "1", "--models", arms, "--epochs", "1", "--zoneout", "0.2",
+                   "--layer-norm", "--out", str(out)) == 0
+    for arm in arms.split(","):
+        ckpt = CK.load_checkpoint(str(out / "checkpoints" / f"{arm}-seed0.pt"))
+        assert ckpt["model_config"]["rnn_regularisers"] == {"zoneout": 0.2, "layer_norm": True}
+        rnn = M.model_rnn(M.build_model(ckpt["model_config"]))
+        regs = getattr(rnn, "lstm", rnn).regularisers  # lstm-x2 wraps an LSTM
+        assert regs.layer_norm and regs.zoneout_h == 0.2
+        assert regs.zoneout_c == (0.0 if "gru" in arm else 0.2)
+        names = [n for n, _ in rnn.named_parameters()]
+        assert any("ln_" in n for n in names), names  # the layer's own gains and shifts exist
+    rows = R.read_csv(str(out / "runs.csv"))
+    assert {(r["zoneout"], r["layer_norm"]) for r in rows} == {(0.2, True)}
+    cfg = json.loads((out / "manifest.json").read_text())["config"]
+    assert cfg["zoneout"] == 0.2 and cfg["layer_norm"] is True
 
 
 def test_runs_of_the_previous_version_still_resume():
@@ -258,11 +285,14 @@ def test_runs_of_the_previous_version_still_resume():
     assert RU.same_spec(old, asdict(spec))
     assert not RU.same_spec(old, asdict(RU.RunSpec.make("final", "lstm", 0, {"lr": 0.003,
                                                                              "recurrent_dropout": 0.1})))
+    for on in ({"zoneout": 0.1}, {"layer_norm": True}):
+        assert not RU.same_spec(old, asdict(RU.RunSpec.make("final", "lstm", 0, {"lr": 0.003, **on})))
 
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--input-dropout", "1.0", "expected a probability in [0, 1), got 1.0"),
     ("--recurrent-dropout", "-0.1", "expected a probability in [0, 1), got -0.1"),
+    ("--zoneout", "1", "expected a probability in [0, 1), got 1"),
     ("--weight-decay", "x", "expected a number >= 0, got 'x'"),
     ("--weight-decay-range", "1e-2,1e-3", "expected LOW,HIGH with 0 < LOW < HIGH"),
 ])

@@ -172,11 +172,11 @@ def test_tuning_gives_every_arm_the_same_budget(tmp_path):
     tu = m["tuning"]
     assert tu["trials_per_arm"] == 3 and tu["lr_range"] == [1e-3, 3e-2] and tu["forget_bias_tuned"]
     keys = ("lr", "input_dropout", "output_dropout", "weight_decay", "forget_bias", "rnn_weight_dropout",
-            "recurrent_dropout", "seed")
+            "recurrent_dropout", "zoneout", "layer_norm", "seed")
     settings = {arm: [tuple(t[k] for k in keys) for t in tu["trials"][arm]] for arm in arms}
     assert settings["cerebral"] == settings["lstm"]  # the same settings for every arm
-    for lr, din, dout, wd, fb, rwd, rd, _ in settings["lstm"]:
-        assert rwd == rd == 0.0  # not tuned without --tune-recurrent
+    for lr, din, dout, wd, fb, rwd, rd, zo, ln, _ in settings["lstm"]:
+        assert rwd == rd == zo == 0.0 and ln is False  # not tuned without --tune-recurrent; LN never
         assert 1e-3 <= lr <= 3e-2 and 0 <= din <= 0.3 and 0 <= dout <= 0.3 and 1e-5 <= wd <= 1e-2
         assert fb in (0.0, 1.0)
     assert len(set(settings["lstm"])) == 3

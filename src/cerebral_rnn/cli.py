@@ -73,7 +73,7 @@ _OVERRIDES = ("epochs", "patience", "seeds", "hidden", "embedding", "seq_len", "
               "max_chars", "threads", "jobs", "tune", "lr_range", "vocab_size", "max_words", "length", "examples",
               "input_dropout", "output_dropout", "weight_decay", "dropout_max", "weight_decay_range",
               "tune_forget_bias", "min_effect", "storage", "rnn_weight_dropout", "recurrent_dropout",
-              "tune_recurrent")
+              "zoneout", "layer_norm", "tune_recurrent")
 
 
 def _positive_int(text: str) -> int:
@@ -252,8 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "not tuning (default 0)")
     g.add_argument("--recurrent-dropout", type=_dropout, metavar="P",
                    help="the recurrent layer's variational dropout of h where it enters W_hh h, every arm, when not "
-                        "tuning (default 0; the Cerebral arms run it natively, the one-path LSTM and GRU arms on the "
-                        "library's reference time loop: slower)")
+                        "tuning (default 0)")
+    g.add_argument("--zoneout", type=_dropout, metavar="P",
+                   help="the recurrent layer's zoneout: each unit of h (and of every path's c) keeps its previous "
+                        "value with probability P in training, the expectation at eval; every arm, when not "
+                        "tuning (default 0)")
+    g.add_argument("--layer-norm", action="store_true", default=None,
+                   help="layer norm inside every arm's recurrent layer (the gates' input and recurrent parts, and "
+                        "c for the LSTM kinds; never tuned, the same for every arm; default off)")
     g.add_argument("--split", type=_split, metavar="TR/VA/TE", default=None,
                    help="train/validation/test percentages (default: 90/5/5 contiguous for charlm; 80/10/10 "
                         "stratified for classify; 80/10/10 of each seed's generated examples for adding, copy)")
@@ -274,9 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tune-forget-bias", action=argparse.BooleanOptionalAction, default=None,
                    help="tuning: also draw the forget-gate bias of each trial from {0, 1} (preset: on for paper)")
     t.add_argument("--tune-recurrent", action="store_true", default=None,
-                   help="tuning: also draw the recurrent layer's weight dropout and recurrent dropout from "
-                        "[0, --dropout-max] (the one-path LSTM and GRU arms then run the reference time loop: "
-                        "slower)")
+                   help="tuning: also draw the recurrent layer's weight dropout, recurrent dropout and zoneout, "
+                        "each from [0, --dropout-max], for every arm")
     t.add_argument("--storage", metavar="URL", default=None,
                    help="tuning: the Optuna storage (any SQLAlchemy URL, e.g. postgresql://host/db, to share the "
                         "studies between machines); default: sqlite in --out/tuning.db")

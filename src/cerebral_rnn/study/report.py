@@ -95,7 +95,7 @@ def read_csv(path: str) -> list[dict]:
 
 def run_columns(task: Task) -> tuple[str, ...]:
     return ("phase", "model", "seed", "trial", "lr", "input_dropout", "output_dropout", "weight_decay",
-            "forget_bias", "rnn_weight_dropout", "recurrent_dropout", "width", "parameters", "epochs", "stopped",
+            "forget_bias", "rnn_weight_dropout", "recurrent_dropout", "zoneout", "layer_norm", "width", "parameters", "epochs", "stopped",
             "best_epoch", "best_val_loss", *(f"best_val_{c}" for c in task.columns), "final_train_loss",
             "test_loss", *(f"test_{c}" for c in task.columns), "success")
 
@@ -106,7 +106,8 @@ def run_row(r: dict, task: Task, params: dict) -> dict:
            "lr": spec["lr"], "input_dropout": spec.get("input_dropout", 0.0),
            "output_dropout": spec.get("output_dropout", 0.0), "weight_decay": spec.get("weight_decay", 0.0),
            "rnn_weight_dropout": spec.get("rnn_weight_dropout", 0.0),
-           "recurrent_dropout": spec.get("recurrent_dropout", 0.0),
+           "recurrent_dropout": spec.get("recurrent_dropout", 0.0), "zoneout": spec.get("zoneout", 0.0),
+           "layer_norm": bool(spec.get("layer_norm", False)),
            "forget_bias": spec["forget_bias"], "width": r.get("width"),
            "parameters": params.get(spec["arm"]), "epochs": res["epochs"], "stopped": res["stopped"],
            "best_epoch": res["best_epoch"], "best_val_loss": res["best_val"]["loss"],
@@ -378,6 +379,10 @@ def _setting(chosen: dict | None) -> str:
     if chosen.get("rnn_weight_dropout") or chosen.get("recurrent_dropout"):
         s += (f", RNN weight/recurrent dropout {chosen.get('rnn_weight_dropout', 0):.2f}/"
               f"{chosen.get('recurrent_dropout', 0):.2f}")
+    if chosen.get("zoneout"):
+        s += f", zoneout {chosen['zoneout']:.2f}"
+    if chosen.get("layer_norm"):
+        s += ", layer norm"
     if chosen.get("forget_bias") is not None:
         s += f", fb {chosen['forget_bias']:g}"
     return s

@@ -309,7 +309,8 @@ def _reproduce(cfg: dict, out: str, resume: bool, quiet: bool, stop_after_epochs
         # 1. tuning: one Optuna study per arm, the same N settings for every arm
         chosen: dict[str, dict] = {}
         fixed = {k: cfg.get(k) or 0.0 for k in ("lr", "input_dropout", "output_dropout", "weight_decay",
-                                                "rnn_weight_dropout", "recurrent_dropout")}
+                                                "rnn_weight_dropout", "recurrent_dropout", "zoneout")}
+        fixed["layer_norm"] = bool(cfg.get("layer_norm"))
         if cfg["tune"]:
             fp = _tuner.fingerprint(training_config(cfg, task), data_id)
             settings = _tuner.trial_settings(arms, cfg, out, fp, ask=not report_only) if dist.main else None

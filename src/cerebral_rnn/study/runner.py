@@ -52,7 +52,8 @@ def training_keys(task: Task) -> tuple[str, ...]:
 
 # Keys of later versions, left out of the training config while off, so that the runs of earlier versions
 # still resume (and keep their tuning studies' fingerprints).
-OPTIONAL_KEYS = {"tune_recurrent": False, "rnn_weight_dropout": 0.0, "recurrent_dropout": 0.0}
+OPTIONAL_KEYS = {"tune_recurrent": False, "rnn_weight_dropout": 0.0, "recurrent_dropout": 0.0, "zoneout": 0.0,
+                 "layer_norm": False}
 
 
 def training_config(cfg: dict, task: Task) -> dict:
@@ -81,6 +82,8 @@ class RunSpec:
     weight_decay: float = 0.0
     rnn_weight_dropout: float = 0.0  # the recurrent layer's own regularisers (cerebral_rnn.regularise)
     recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
+    layer_norm: bool = False
 
     @property
     def name(self) -> str:
@@ -103,12 +106,14 @@ class RunSpec:
         return cls(phase, arm, seed, float(setting["lr"]), setting.get("forget_bias"), trial,
                    float(setting.get("input_dropout", 0.0)), float(setting.get("output_dropout", 0.0)),
                    float(setting.get("weight_decay", 0.0)), float(setting.get("rnn_weight_dropout", 0.0)),
-                   float(setting.get("recurrent_dropout", 0.0)))
+                   float(setting.get("recurrent_dropout", 0.0)), float(setting.get("zoneout", 0.0)),
+                   bool(setting.get("layer_norm", False)))
 
     def rnn_regularisers(self) -> dict:
         """The recurrent layer's regularisers that are on (an empty dict: none, the model of earlier versions)."""
         return {k: v for k, v in (("weight_dropout", self.rnn_weight_dropout),
-                                  ("recurrent_dropout", self.recurrent_dropout)) if v}
+                                  ("recurrent_dropout", self.recurrent_dropout), ("zoneout", self.zoneout),
+                                  ("layer_norm", self.layer_norm)) if v}
 
 
 def checkpoint_paths(out: str, arm: str, seed: int) -> tuple[str, str]:

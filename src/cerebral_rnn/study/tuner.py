@@ -31,7 +31,7 @@ SAMPLER_SEED = 2020  # the QMC sampler's seed, the same for every arm
 DEFAULT_STORAGE_FILE = "tuning.db"
 
 SETTING_KEYS = ("lr", "input_dropout", "output_dropout", "weight_decay", "forget_bias", "rnn_weight_dropout",
-                "recurrent_dropout")
+                "recurrent_dropout", "zoneout", "layer_norm")
 
 
 def _optuna():
@@ -62,6 +62,7 @@ def search_space(cfg: dict) -> dict:
     if cfg.get("tune_recurrent") and cfg.get("dropout_max", 0) > 0:  # the recurrent layer's own regularisers
         space["rnn_weight_dropout"] = FloatDistribution(0.0, cfg["dropout_max"])
         space["recurrent_dropout"] = FloatDistribution(0.0, cfg["dropout_max"])
+        space["zoneout"] = FloatDistribution(0.0, cfg["dropout_max"])
     return space
 
 
@@ -77,8 +78,8 @@ def describe_space(cfg: dict) -> str:
     if cfg.get("tune_forget_bias"):
         parts.append("forget-gate bias from {0, 1}")
     if cfg.get("tune_recurrent") and cfg.get("dropout_max", 0) > 0:
-        parts.append(f"the RNN's weight dropout (DropConnect on W_hh) and recurrent dropout each uniform over "
-                     f"[0, {cfg['dropout_max']:g}]")
+        parts.append(f"the RNN's weight dropout (DropConnect on W_hh), recurrent dropout and zoneout each uniform "
+                     f"over [0, {cfg['dropout_max']:g}]")
     return "; ".join(parts)
 
 
@@ -150,7 +151,9 @@ def setting_of(cfg: dict, trial: int, params: dict) -> dict:
          "weight_decay": float(params.get("weight_decay", cfg.get("weight_decay", 0.0))),
          "forget_bias": params.get("forget_bias"),
          "rnn_weight_dropout": float(params.get("rnn_weight_dropout", cfg.get("rnn_weight_dropout") or 0.0)),
-         "recurrent_dropout": float(params.get("recurrent_dropout", cfg.get("recurrent_dropout") or 0.0))}
+         "recurrent_dropout": float(params.get("recurrent_dropout", cfg.get("recurrent_dropout") or 0.0)),
+         "zoneout": float(params.get("zoneout", cfg.get("zoneout") or 0.0)),
+         "layer_norm": bool(cfg.get("layer_norm") or False)}  # a fixed choice, never tuned
     if s["forget_bias"] is not None:
         s["forget_bias"] = float(s["forget_bias"])
     return s
