@@ -335,6 +335,48 @@ def test_native_layer_norm_two_threads_match_the_reference_loop():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("cls", [CerebralLSTM, CerebralPeepholeLSTM, CerebralGRU])
+def test_native_layer_norm_inference_in_chunks_matches_the_reference_loop(cls):
+    """Inference computes the input side a chunk of steps at a time (about 512 rows): 40 steps of 20 rows are
+    two chunks, the second partial; both directions, in float64, with zoneout's eval expectation."""
+    skip_unless_native()
+    torch.manual_seed(0)
+    m = cls(3, 5, bidirectional=True, num_layers=2, layer_norm=True, zoneout=0.3, dtype=torch.float64).eval()
+    x = torch.randn(40, 20, 3, dtype=torch.float64)
+    out = {}
+    for backend in ("native", "reference"):
+        m.backend = backend
+        with torch.no_grad():
+            out[backend] = m(x)
+    (y, (h, c)), (y_ref, (h_ref, c_ref)) = [(o[0], o[1] if isinstance(o[1], tuple) else (o[1], o[1]))
+                                            for o in (out["native"], out["reference"])]
+    for got, want in ((y, y_ref), (h, h_ref), (c, c_ref)):  # a named backend refuses what it cannot run
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [CerebralLSTM, CerebralPeepholeLSTM, CerebralGRU])
+def test_native_layer_norm_second_backward_through_the_same_graph(cls):
+    """The BPTT writes its gradients over the saved normalised products; a second backward (retain_graph=True)
+    must still get every gradient right: against the reference loop, in float64, each backward on its own."""
+    skip_unless_native()
+    torch.manual_seed(0)
+    m = cls(4, 6, layer_norm=True, zoneout=0.25, recurrent_dropout=0.3, dtype=torch.float64)
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for backend in ("native", "reference"):
+        m.backend = backend
+        torch.manual_seed(7)
+        y = m(x)[0]
+        runs = []
+        for w in (y.square().sum(), y.sin().sum()):  # two losses, one graph
+            inputs = [x, *m.parameters()]
+            runs.append(torch.autograd.grad(w, inputs, retain_graph=True))
+        grads[backend] = runs
+    for got_run, want_run in zip(grads["native"], grads["reference"]):
+        for got, want in zip(got_run, want_run):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
 def test_native_step_regularisers_multithreaded_match_the_reference_loop():
     """Enough work per step for two threads (the masked h of the next step is written by whichever thread ends
     a unit block); float32, bidirectional."""

@@ -449,6 +449,7 @@ class NativeLNFunction(torch.autograd.Function):
         ctx.plan, ctx.n_flat, ctx.n_saved, ctx.n_masks = plan, n_flat, n_saved, len(regs.rmask)
         ctx.none = [t is None for t in saved]  # saved slots a kind does not use
         ctx.zone = (regs.zh, regs.zc, regs.ph, regs.pc)
+        ctx.regs, ctx.consumed = regs, False
         ctx.save_for_backward(x, h0, c0, out[0], *flat, *ln, *(t for t in saved if t is not None), *regs.rmask,
                               *hms)
         return (out[0], out[1], out[2]) if plan.has_cell else (out[0], out[1])
@@ -467,6 +468,12 @@ class NativeLNFunction(torch.autograd.Function):
         rest = list(rest)
         masks, hms = rest[:ctx.n_masks], rest[ctx.n_masks:]
         w_ih, w_hh, b_ih, b_hh, peep = _split(flat)
+        if ctx.consumed:  # a second backward through this graph (retain_graph=True): the first one overwrote
+            # the saved normalised products with their gradients; the forward, recomputed, gives them back
+            out = _load().ln_forward(plan.kind, plan.paths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, ln, True,
+                                     plan.threads, *ctx.regs)
+            saved = list(out[3:3 + ctx.n_saved])
+        ctx.consumed = True
         need = ctx.needs_input_grad  # (plan, regs, x, h0, c0, n_flat, *flat, *ln)
         pneed = [any(need[6 + 5 * d + i] for d in range(D)) for i in range(5)]
         lneed = any(need[6 + n_flat:])

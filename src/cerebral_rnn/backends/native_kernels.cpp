@@ -1311,16 +1311,48 @@ struct LnDir {
   std::vector<T*> act;          // (T, B, G H): LN_ih(x W_ih^T) + b; in training overwritten by the activations
   std::vector<T*> xih, xhh;     // training: (T, B, G H) normalised input / recurrent products
   std::vector<T*> rih, rhh;     // training: (T, B) their 1 / std
-  std::vector<T*> graw;         // (B, G H) this step's h W_hh^T (inference: normalised in place)
+  std::vector<T*> graw;         // this step's h W_hh^T, rows of graw_stride (inference: normalised in place)
+  int64_t graw_stride = 0;      // K G H: every path's product from one GEMM, path k at columns k G H
+  int64_t act_t0 = 0;           // the first step act holds (inference: the input side chunk by chunk)
   std::vector<const T*> gih, bih, ghh, bhh, gc, bc;  // gains and shifts (G H; c: H)
   std::vector<T*> c1, xc, rc;   // LSTM kinds, training: (T, B, H) un-zoned new cell, its normalised value, (T, B)
   std::vector<T*> hn;           // GRU, training: (T, B, H) LN_hh(W_hn h)_n + b_hn
   // backward
-  std::vector<T*> dgx;          // (T, B, G H): gradient of LN_ih's output (+ b)
-  std::vector<T*> dgn;          // GRU: (T, B, G H) gradient of LN_hh's output (+ b_hh); LSTM kinds: dgx
+  std::vector<T*> dgx;          // (T, B, G H): gradient of x W_ih^T (first of LN_ih's output, then through LN_ih)
   std::vector<T*> dgh;          // (T, B, G H): gradient of h W_hh^T
-  std::vector<T*> dch;          // LSTM kinds: (T, B, H) gradient of LN_c's output
+  // per thread: a (G H + H) scratch row (GRU: LN_hh's output's gradient; LSTM kinds: LN_c's output's), and, when
+  // the parameters' gradients are needed, per path the row sums ln_acc_size() (see ln_acc_*), or null
+  T* scratch = nullptr;
+  T* acc = nullptr;
+  int64_t acc_stride = 0;       // per thread: K ln_acc_size()
 };
+
+// The per-thread sums of one path over the rows of every step, which give the LN parameters', biases' and
+// peepholes' gradients after the loop: offsets in units of G H / H.
+template <int G>
+constexpr int64_t ln_acc_size(int64_t H) { return 4 * G * H + 5 * H; }
+//   [0, GH) sum da  |  [GH, 2GH) sum da xih  |  [2GH, 3GH) sum dn  |  [3GH, 4GH) sum dn xhh
+//   then H each: sum dch, sum dch xc, sum da_i c_prev, sum da_f c_prev, sum da_o c1 (peephole)
+
+template <typename T>
+inline void row_acc(T* s, const T* v, int64_t n) {  // s += v
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  for (int64_t j = 0; j < n; j += V) {
+    const int cnt = tail(n, j, V);
+    (VT::loadu(s + j, cnt) + VT::loadu(v + j, cnt)).store(s + j, cnt);
+  }
+}
+
+template <typename T>
+inline void row_acc_prod(T* s, const T* v, const T* w, int64_t n) {  // s += v w
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  for (int64_t j = 0; j < n; j += V) {
+    const int cnt = tail(n, j, V);
+    at::vec::fmadd(VT::loadu(v + j, cnt), VT::loadu(w + j, cnt), VT::loadu(s + j, cnt)).store(s + j, cnt);
+  }
+}
 
 // Forward of one batch row at time t, every path: the recurrent product's LN, the kind's step, the output LN
 // (LSTM kinds), the paths' sum (mean for the GRU), zoneout and the recurrent-dropout product of the next step.
@@ -1334,13 +1366,13 @@ void ln_fwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t cp, int64
   const VT one(T(1));
   T* hsum = buf;
   for (int64_t k = 0; k < a.K; ++k) {
-    T* raw = l.graw[k] + b * GH;
+    T* raw = l.graw[k] + b * l.graw_stride;
     T mean, rstd;
     row_moments<T>(raw, GH, mean, rstd);
     T* xh = a.train ? l.xhh[k] + rowi * GH : raw;
     row_normalise<T>(raw, GH, mean, rstd, xh);
     if (a.train) l.rhh[k][rowi] = rstd;
-    T* row = l.act[k] + rowi * GH;
+    T* row = l.act[k] + ((t - l.act_t0) * B + b) * GH;
     const T* gh = l.ghh[k];
     const T* bhh = l.bhh[k];
     auto lnh = [&](int64_t off, int cnt) {  // LN_hh's output at offset off of the row
@@ -1371,7 +1403,7 @@ void ln_fwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t cp, int64
     } else {
       const T* c0p = a.c[k] + cp * B * H + b * H;
       T* cnp = a.c[k] + cn * B * H + b * H;
-      T* c1 = a.train ? l.c1[k] + rowi * H : buf + H;
+      T* c1 = a.train && KIND == PEEPHOLE ? l.c1[k] + rowi * H : buf + H;  // (saved for the peephole's gradient)
       for (int64_t j0 = 0; j0 < H; j0 += V) {
         const int cnt = tail(H, j0, V);
         VT ai = VT::loadu(row + j0, cnt) + lnh(j0, cnt);
@@ -1432,22 +1464,28 @@ void ln_fwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t cp, int64
   }
 }
 
-// Backward of one batch row at time t, every path: from dh (the carried h's gradient) and each path's carried
-// dc, the gradients of LN_ih's output (dgx), of LN_hh's output (dgn, GRU), of h W_hh^T (dgh), of LN_c's output
-// (dch); the direct term of dh_prev (a.dir) and dc_prev (in place of dc).
+// Backward of one batch row at time t, every path, on thread tid: from dh (the carried h's gradient) and each
+// path's carried dc, the gradients of x W_ih^T (dgx, through LN_ih) and of h W_hh^T (dgh, through LN_hh), the
+// direct term of dh_prev (a.dir) and dc_prev (in place of dc); the row's terms of the parameters' sums (l.acc).
+// dgx and dgh may be the saved xih and xhh: each row of those is read for the last time here, before its
+// gradient overwrites it.
 template <typename T, int KIND>
-void ln_bwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t b) {
+void ln_bwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t b, int64_t tid) {
   using VT = Vec<T>;
   constexpr int V = VT::size();
   constexpr int G = gates<KIND>();
   const int64_t H = a.H, GH = G * H, B = a.B, rowi = t * B + b;
   const VT one(T(1)), zero(T(0));
   const T* dhr = a.dh + b * H;
+  T* scr = l.scratch + tid * (2 * GH + H);
   for (int64_t k = 0; k < a.K; ++k) {
     const T* row = l.act[k] + rowi * GH;
-    T* dgx = l.dgx[k] + rowi * GH;
+    const T* xhh = l.xhh[k] + rowi * GH;
+    const T* xih = l.xih[k] + rowi * GH;
+    T* da = scr;  // the gradient of LN_ih's output (+ b): the pre-activations'
+    T* acc = l.acc ? l.acc + tid * l.acc_stride + k * ln_acc_size<G>(H) : nullptr;
     if constexpr (KIND == GRU) {
-      T* dgn = l.dgn[k] + rowi * GH;
+      T* dgn = scr + GH;  // LN_hh's output's gradient
       const T* hp = a.hprev(t) + b * a.hs(t);
       const T* hn = l.hn[k] + rowi * H;
       for (int64_t j0 = 0; j0 < H; j0 += V) {
@@ -1462,9 +1500,9 @@ void ln_bwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t b) {
         const VT dan = dn * (one - n * n);
         const VT dar = dan * VT::loadu(hn + j0, cnt) * r * (one - r);
         const VT daz = dz * z * (one - z);
-        dar.store(dgx + j0, cnt);
-        daz.store(dgx + H + j0, cnt);
-        dan.store(dgx + 2 * H + j0, cnt);
+        dar.store(da + j0, cnt);
+        daz.store(da + H + j0, cnt);
+        dan.store(da + 2 * H + j0, cnt);
         dar.store(dgn + j0, cnt);
         daz.store(dgn + H + j0, cnt);
         (dan * r).store(dgn + 2 * H + j0, cnt);
@@ -1475,13 +1513,17 @@ void ln_bwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t b) {
           direct = kh * dhc + direct;
         direct.store(a.dir + b * H + j0, cnt);
       }
-      row_ln_backward<T>(dgn, l.ghh[k], l.xhh[k] + rowi * GH, l.rhh[k][rowi], GH, l.dgh[k] + rowi * GH);
+      if (acc) {
+        row_acc<T>(acc + 2 * GH, dgn, GH);
+        row_acc_prod<T>(acc + 3 * GH, dgn, xhh, GH);
+      }
+      row_ln_backward<T>(dgn, l.ghh[k], xhh, l.rhh[k][rowi], GH, l.dgh[k] + rowi * GH);
     } else {
       const T* c0p = a.c[k] + a.slot_prev(t) * B * H + b * H;
-      const T* c1 = l.c1[k] + rowi * H;
       const T* xc = l.xc[k] + rowi * H;
-      T* dch = l.dch[k] + rowi * H;
+      T* dch = scr + GH;  // LN_c's output's gradient
       T* dcb = a.dc[k] + b * H;
+      T* hacc = acc ? acc + 4 * GH : nullptr;  // the H-sized sums
       // pass 1: the output's gradients (o and LN_c's output), and LN_c's two row sums
       VT s(T(0)), sx(T(0));
       for (int64_t j0 = 0; j0 < H; j0 += V) {
@@ -1495,9 +1537,13 @@ void ln_bwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t b) {
         const VT gcv = VT::loadu(l.gc[k] + j0, cnt), xcv = VT::loadu(xc + j0, cnt);
         const VT tc = v_tanh<T>(at::vec::fmadd(gcv, xcv, VT::loadu(l.bc[k] + j0, cnt)));
         const VT o = VT::loadu(row + 3 * H + j0, cnt);
-        (dh * tc * o * (one - o)).store(dgx + 3 * H + j0, cnt);
+        (dh * tc * o * (one - o)).store(da + 3 * H + j0, cnt);
         const VT dc_hat = dh * o * (one - tc * tc);
         dc_hat.store(dch + j0, cnt);
+        if (hacc) {
+          (VT::loadu(hacc + j0, cnt) + dc_hat).store(hacc + j0, cnt);
+          at::vec::fmadd(dc_hat, xcv, VT::loadu(hacc + H + j0, cnt)).store(hacc + H + j0, cnt);
+        }
         const VT g = VT::set(zero, dc_hat * gcv, cnt);
         s = s + g;
         sx = at::vec::fmadd(g, VT::set(zero, xcv, cnt), sx);
@@ -1511,7 +1557,7 @@ void ln_bwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t b) {
         const VT dcc = VT::loadu(dcb + j0, cnt);
         const VT kc = a.zone_c() ? a.keep_c(t, b, k, j0, cnt) : zero;
         dc = dc + (a.zone_c() ? (one - kc) * dcc : dcc);
-        const VT dao = VT::loadu(dgx + 3 * H + j0, cnt);
+        const VT dao = VT::loadu(da + 3 * H + j0, cnt);
         if constexpr (KIND == PEEPHOLE) dc = at::vec::fmadd(dao, VT::loadu(a.peep[k] + 2 * H + j0, cnt), dc);
         const VT i = VT::loadu(row + j0, cnt), f = VT::loadu(row + H + j0, cnt), gg = VT::loadu(row + 2 * H + j0, cnt);
         const VT c0 = VT::loadu(c0p + j0, cnt);
@@ -1522,16 +1568,27 @@ void ln_bwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t b) {
         if constexpr (KIND == PEEPHOLE) {
           dcp = at::vec::fmadd(dai, VT::loadu(a.peep[k] + j0, cnt), dcp);
           dcp = at::vec::fmadd(daf, VT::loadu(a.peep[k] + H + j0, cnt), dcp);
+          if (hacc) {
+            at::vec::fmadd(dai, c0, VT::loadu(hacc + 2 * H + j0, cnt)).store(hacc + 2 * H + j0, cnt);
+            at::vec::fmadd(daf, c0, VT::loadu(hacc + 3 * H + j0, cnt)).store(hacc + 3 * H + j0, cnt);
+            at::vec::fmadd(dao, VT::loadu(l.c1[k] + rowi * H + j0, cnt), VT::loadu(hacc + 4 * H + j0, cnt))
+                .store(hacc + 4 * H + j0, cnt);
+          }
         }
         if (a.zone_c()) dcp = kc * dcc + dcp;
-        dai.store(dgx + j0, cnt);
-        daf.store(dgx + H + j0, cnt);
-        dag.store(dgx + 2 * H + j0, cnt);
+        dai.store(da + j0, cnt);
+        daf.store(da + H + j0, cnt);
+        dag.store(da + 2 * H + j0, cnt);
         dcp.store(dcb + j0, cnt);
       }
-      (void)c1;
-      row_ln_backward<T>(dgx, l.ghh[k], l.xhh[k] + rowi * GH, l.rhh[k][rowi], GH, l.dgh[k] + rowi * GH);
+      if (acc) row_acc_prod<T>(acc + 3 * GH, da, xhh, GH);  // (sum dn = sum da: not kept twice)
+      row_ln_backward<T>(da, l.ghh[k], xhh, l.rhh[k][rowi], GH, l.dgh[k] + rowi * GH);
     }
+    if (acc) {
+      row_acc<T>(acc, da, GH);
+      row_acc_prod<T>(acc + GH, da, xih, GH);
+    }
+    row_ln_backward<T>(da, l.gih[k], xih, l.rih[k][rowi], GH, l.dgx[k] + rowi * GH);  // through LN_ih
   }
 }
 
@@ -1546,6 +1603,54 @@ void for_rows(int64_t n, int64_t threads, const F& f) {
     const int64_t tid = at::get_thread_num();
     for (int64_t b = b0; b < b1; ++b) f(b, tid);
   });
+}
+
+// Layer norm's recurrent products of one step: graw[b, k G H + g H + j] = sum_m h[b, m] W_hh,k^T[m, g H + j],
+// for every path k and row b, on the forward panels (the register-blocked GEMM of the loop without layer norm;
+// one panel, a unit block's (H, G, V), stays in L2 while the rows stream through it). Unit blocks are shared by
+// the threads; every sum runs over m in order, so identical paths get identical products.
+template <typename T, int G, int M>
+inline void ln_gemm_block(const T* h, int64_t hs, const T* w, int64_t H, int64_t rem, Vec<T>* acc) {
+  if constexpr (M >= 1) {
+    if (rem == M) {
+      for (int i = 0; i < M * G; ++i) acc[i] = Vec<T>(T(0));
+      fwd_gemm<T, G, M>(h, hs, w, H, acc);
+    } else {
+      ln_gemm_block<T, G, M - 1>(h, hs, w, H, rem, acc);
+    }
+  }
+}
+
+template <typename T, int KIND>
+void ln_gemm_step(const T* h, int64_t hs, int64_t B, int64_t H, const std::vector<const T*>& pf, T* graw,
+                  int64_t threads) {
+  using VT = Vec<T>;
+  constexpr int V = VT::size();
+  constexpr int G = gates<KIND>();
+  constexpr int MR = fwd_mr<KIND>();
+  const int64_t K = static_cast<int64_t>(pf.size()), GH = G * H, nub = (H + V - 1) / V;
+  auto units = [&](int64_t u0, int64_t u1) {
+    VT acc[MR * G];
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t j0 = u * V;
+      const int cnt = tail(H, j0, V);
+      for (int64_t k = 0; k < K; ++k) {
+        const T* w = pf[k] + u * H * G * V;
+        const int64_t nb = (B + MR - 1) / MR;  // register blocks of balanced sizes
+        for (int64_t i = 0; i < nb; ++i) {
+          const int64_t r0 = B * i / nb, r1 = B * (i + 1) / nb;
+          ln_gemm_block<T, G, MR>(h + r0 * hs, hs, w, H, r1 - r0, acc);
+          for (int64_t r = r0; r < r1; ++r)
+            for (int g = 0; g < G; ++g) acc[(r - r0) * G + g].store(graw + r * K * GH + k * GH + g * H + j0, cnt);
+        }
+      }
+    }
+  };
+  if (threads <= 1 || nub < 2) {
+    units(0, nub);
+    return;
+  }
+  at::parallel_for(0, nub, 1, units);
 }
 
 // ln: per direction 6 tensors (gain and shift of LN_ih, LN_hh (G H each per path), LN_c (H per path; undefined
@@ -1571,6 +1676,8 @@ std::vector<Tensor> ln_forward_impl(const Layer& L, const Tensor& x, const Tenso
   const Tensor x2 = x.view({T_ * B, I});
   const int64_t nthr = std::max<int64_t>(threads, at::get_num_threads());
   Tensor scratch = at::empty({nthr, 2 * H}, opt);
+  // steps of the input side at a time: all in training; in inference chunks of about 512 rows, one buffer
+  const int64_t n = train ? T_ : std::max<int64_t>(1, std::min<int64_t>(T_, 512 / std::max<int64_t>(B, 1)));
   for (int64_t d = 0; d < D; ++d) {
     Dir<T> a;
     LnDir<T> l;
@@ -1590,16 +1697,19 @@ std::vector<Tensor> ln_forward_impl(const Layer& L, const Tensor& x, const Tenso
     a.zh = zh.empty() ? nullptr : zh[d].data_ptr<T>();
     a.zc = zc.empty() ? nullptr : zc[d].data_ptr<T>();
     a.ph = static_cast<T>(ph), a.pc = static_cast<T>(pc);
-    const std::vector<Tensor> prep = prepare_dir<T, KIND>(K, H, w_ih[d], w_hh[d], b_ih[d], b_hh[d], peep[d], false);
-    std::vector<Tensor> keep, whh_t(K), graw(K), cells;
+    const std::vector<Tensor> prep = prepare_dir<T, KIND>(K, H, w_ih[d], w_hh[d], b_ih[d], b_hh[d], peep[d], true);
+    std::vector<Tensor> keep, cells, acts;
+    std::vector<const T*> bxs;
+    std::vector<const T*> pf;  // every path's W_hh^T in forward panels: the recurrent products (ln_gemm_step)
+    Tensor graw = at::empty({B, K * GH}, opt);
+    l.graw_stride = K * GH;
     for (int64_t k = 0; k < K; ++k) {
       const Tensor& bx = prep[k * 5 + 1];
+      pf.push_back(prep[k * 5 + 4].data_ptr<T>());
       keep.insert(keep.end(), {prep[k * 5 + 2], prep[k * 5 + 3]});
       a.bh.push_back(prep[k * 5 + 2].defined() ? prep[k * 5 + 2].data_ptr<T>() : nullptr);
       a.peep.push_back(prep[k * 5 + 3].defined() ? prep[k * 5 + 3].data_ptr<T>() : nullptr);
-      whh_t[k] = w_hh[d].narrow(0, k * GH, GH).t().contiguous();  // (H, G H), own buffer
-      graw[k] = at::empty({B, GH}, opt);
-      l.graw.push_back(graw[k].data_ptr<T>());
+      l.graw.push_back(graw.data_ptr<T>() + k * GH);
       for (int j = 0; j < 6; ++j) {
         const Tensor& p = ln[d * 6 + j];
         if (!p.defined()) {
@@ -1615,36 +1725,12 @@ std::vector<Tensor> ln_forward_impl(const Layer& L, const Tensor& x, const Tenso
       l.bhh.push_back(keep[o + 3].data_ptr<T>());
       l.gc.push_back(cell ? keep[o + 4].data_ptr<T>() : nullptr);
       l.bc.push_back(cell ? keep[o + 5].data_ptr<T>() : nullptr);
-      // the input side: x W_ih^T of every step, normalised row by row, plus the bias
-      Tensor act = at::empty({T_, B, GH}, opt);
-      Tensor act2 = act.view({T_ * B, GH});
-      at::mm_out(act2, x2, prep[k * 5].t());
+      // the input side, LN_ih(x W_ih^T) + b: of every step in training (saved), else chunk by chunk (input_side)
+      Tensor act = at::empty({n, B, GH}, opt);
       Tensor xih = train ? at::empty({T_, B, GH}, opt) : Tensor();
       Tensor rih = train ? at::empty({T_, B}, opt) : Tensor();
-      {
-        T* ap = act.data_ptr<T>();
-        T* xp = train ? xih.data_ptr<T>() : nullptr;
-        T* rp = train ? rih.data_ptr<T>() : nullptr;
-        const T* gi = l.gih[k];
-        const T* bi = l.bih[k];
-        const T* bxp = bx.defined() ? bx.data_ptr<T>() : nullptr;
-        for_rows(T_ * B, threads, [&](int64_t r, int64_t) {
-          using VT = Vec<T>;
-          constexpr int V = VT::size();
-          T* row = ap + r * GH;
-          T mean, rstd;
-          row_moments<T>(row, GH, mean, rstd);
-          T* xh = train ? xp + r * GH : row;
-          row_normalise<T>(row, GH, mean, rstd, xh);
-          if (train) rp[r] = rstd;
-          for (int64_t j = 0; j < GH; j += V) {
-            const int cnt = tail(GH, j, V);
-            VT v = at::vec::fmadd(VT::loadu(gi + j, cnt), VT::loadu(xh + j, cnt), VT::loadu(bi + j, cnt));
-            if (bxp) v = v + VT::loadu(bxp + j, cnt);
-            v.store(row + j, cnt);
-          }
-        });
-      }
+      acts.push_back(act);
+      bxs.push_back(bx.defined() ? bx.data_ptr<T>() : nullptr);
       l.act.push_back(act.data_ptr<T>());
       Tensor xhh = train ? at::empty({T_, B, GH}, opt) : Tensor();
       Tensor rhh = train ? at::empty({T_, B}, opt) : Tensor();
@@ -1658,11 +1744,11 @@ std::vector<Tensor> ln_forward_impl(const Layer& L, const Tensor& x, const Tenso
         cst[train && a.reverse ? T_ : 0].copy_(c0[d].narrow(1, k * H, H));
         a.c.push_back(cst.data_ptr<T>());
         if (train) {
-          c1 = at::empty({T_, B, H}, opt);
+          if (KIND == PEEPHOLE) c1 = at::empty({T_, B, H}, opt);
           xc = at::empty({T_, B, H}, opt);
           rc = at::empty({T_, B}, opt);
         }
-        l.c1.push_back(train ? c1.data_ptr<T>() : nullptr);
+        l.c1.push_back(c1.defined() ? c1.data_ptr<T>() : nullptr);
         l.xc.push_back(train ? xc.data_ptr<T>() : nullptr);
         l.rc.push_back(train ? rc.data_ptr<T>() : nullptr);
       } else if (train) {
@@ -1672,10 +1758,44 @@ std::vector<Tensor> ln_forward_impl(const Layer& L, const Tensor& x, const Tenso
       saved.insert(saved.end(), {act, xih, rih, xhh, rhh, cell ? c1 : hn, xc, rc, cst});
       cells.push_back(cst);
     }
+    // rows of steps [s0, s0 + m) of path k into act (from its row 0): x W_ih^T by a library GEMM, then per
+    // row the normalisation (training: xih and rih kept), the gain, the shift and the bias
+    auto input_side = [&](int64_t k, int64_t s0, int64_t m) {
+      Tensor a2 = acts[k].view({n * B, GH}).narrow(0, 0, m * B);
+      at::mm_out(a2, x2.narrow(0, s0 * B, m * B), prep[k * 5].t());
+      T* ap = a2.data_ptr<T>();
+      T* xp = train ? l.xih[k] + s0 * B * GH : nullptr;
+      T* rp = train ? l.rih[k] + s0 * B : nullptr;
+      const T* gi = l.gih[k];
+      const T* bi = l.bih[k];
+      const T* bxp = bxs[k];
+      for_rows(m * B, threads, [&](int64_t r, int64_t) {
+        using VT = Vec<T>;
+        constexpr int V = VT::size();
+        T* row = ap + r * GH;
+        T mean, rstd;
+        row_moments<T>(row, GH, mean, rstd);
+        T* xh = train ? xp + r * GH : row;
+        row_normalise<T>(row, GH, mean, rstd, xh);
+        if (train) rp[r] = rstd;
+        for (int64_t j = 0; j < GH; j += V) {
+          const int cnt = tail(GH, j, V);
+          VT v = at::vec::fmadd(VT::loadu(gi + j, cnt), VT::loadu(xh + j, cnt), VT::loadu(bi + j, cnt));
+          if (bxp) v = v + VT::loadu(bxp + j, cnt);
+          v.store(row + j, cnt);
+        }
+      });
+    };
+    if (train)
+      for (int64_t k = 0; k < K; ++k) input_side(k, 0, T_);
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = a.time(s);
-      Tensor hprev = at::from_blob(const_cast<T*>(a.ghprev(t)), {B, H}, {a.ghs(t), 1}, opt);
-      for (int64_t k = 0; k < K; ++k) at::mm_out(graw[k], hprev, whh_t[k]);
+      if (!train && (a.reverse ? (t == T_ - 1 || (t + 1) % n == 0) : t % n == 0)) {  // a new chunk
+        const int64_t s0 = t / n * n;
+        l.act_t0 = s0;
+        for (int64_t k = 0; k < K; ++k) input_side(k, s0, std::min(T_, s0 + n) - s0);
+      }
+      ln_gemm_step<T, KIND>(a.ghprev(t), a.ghs(t), B, H, pf, graw.data_ptr<T>(), threads);
       const int64_t cp = train ? a.slot_prev(t) : 0, cn = train ? a.slot_new(t) : 0;
       for_rows(B, threads, [&](int64_t b, int64_t tid) {
         ln_fwd_row<T, KIND>(a, l, t, cp, cn, b, scratch.data_ptr<T>() + tid * 2 * H);
@@ -1734,14 +1854,16 @@ std::vector<Tensor> ln_backward_impl(const Layer& L, const Tensor& x, const Tens
     a.zc = zc.empty() ? nullptr : zc[d].data_ptr<T>();
     a.ph = static_cast<T>(ph), a.pc = static_cast<T>(pc);
     a.dy = dy.data_ptr<T>();
-    std::vector<Tensor> keep, whh_lib(K), dgx(K), dgn(K), dgh(K), dch(K), dcs(K), gain_ih(K);
+    std::vector<Tensor> keep, whh_lib(K), dgx(K), dgh(K), dcs(K);
     for (int64_t k = 0; k < K; ++k) {
       const Tensor* sv = &saved[(d * K + k) * LN_SAVED];
       l.act.push_back(const_cast<T*>(sv[0].data_ptr<T>()));
+      l.xih.push_back(const_cast<T*>(sv[1].data_ptr<T>()));
+      l.rih.push_back(const_cast<T*>(sv[2].data_ptr<T>()));
       l.xhh.push_back(const_cast<T*>(sv[3].data_ptr<T>()));
       l.rhh.push_back(const_cast<T*>(sv[4].data_ptr<T>()));
       if (cell) {
-        l.c1.push_back(const_cast<T*>(sv[5].data_ptr<T>()));
+        l.c1.push_back(KIND == PEEPHOLE ? const_cast<T*>(sv[5].data_ptr<T>()) : nullptr);
         l.xc.push_back(const_cast<T*>(sv[6].data_ptr<T>()));
         l.rc.push_back(const_cast<T*>(sv[7].data_ptr<T>()));
         a.c.push_back(const_cast<T*>(sv[8].data_ptr<T>()));
@@ -1751,7 +1873,8 @@ std::vector<Tensor> ln_backward_impl(const Layer& L, const Tensor& x, const Tens
       whh_lib[k] = w_hh[d].narrow(0, k * GH, GH).clone(at::MemoryFormat::Contiguous);  // (G H, H)
       a.peep.push_back(KIND == PEEPHOLE ? (keep.push_back(own_rows(peep[d], k, 3 * H)), keep.back().data_ptr<T>())
                                         : nullptr);
-      gain_ih[k] = own_rows(ln[d * 6], k, GH);
+      keep.push_back(own_rows(ln[d * 6], k, GH));
+      l.gih.push_back(keep.back().data_ptr<T>());
       keep.push_back(own_rows(ln[d * 6 + 2], k, GH));
       l.ghh.push_back(keep.back().data_ptr<T>());
       if (cell) {
@@ -1760,15 +1883,13 @@ std::vector<Tensor> ln_backward_impl(const Layer& L, const Tensor& x, const Tens
         keep.push_back(own_rows(ln[d * 6 + 5], k, H));
         l.bc.push_back(keep.back().data_ptr<T>());
       }
-      dgx[k] = at::empty({T_, B, GH}, opt);
-      l.dgx.push_back(dgx[k].data_ptr<T>());
-      dgn[k] = KIND == GRU ? at::empty({T_, B, GH}, opt) : dgx[k];
-      l.dgn.push_back(dgn[k].data_ptr<T>());
-      dgh[k] = at::empty({T_, B, GH}, opt);
-      l.dgh.push_back(dgh[k].data_ptr<T>());
+      // the gradients of x W_ih^T and h W_hh^T overwrite the saved xih and xhh, row by row (the Python side
+      // recomputes the forward for a second backward through the same graph)
+      dgx[k] = sv[1];
+      l.dgx.push_back(l.xih.back());
+      dgh[k] = sv[3];
+      l.dgh.push_back(l.xhh.back());
       if (cell) {
-        dch[k] = at::empty({T_, B, H}, opt);
-        l.dch.push_back(dch[k].data_ptr<T>());
         dcs[k] = dc_n[d].narrow(1, k * H, H).clone(at::MemoryFormat::Contiguous);
         a.dc.push_back(dcs[k].data_ptr<T>());
       }
@@ -1778,10 +1899,19 @@ std::vector<Tensor> ln_backward_impl(const Layer& L, const Tensor& x, const Tens
     a.dh = dh.data_ptr<T>();
     Tensor dir = KIND == GRU || a.zone_h() ? at::empty({B, H}, opt) : Tensor();
     a.dir = dir.defined() ? dir.data_ptr<T>() : nullptr;
+    const int64_t nthr = std::max<int64_t>(threads, at::get_num_threads());
+    Tensor scratch = at::empty({nthr, 2 * GH + H}, opt);
+    l.scratch = scratch.data_ptr<T>();
+    // the parameters' sums, per thread (each thread's rows in a fixed order; summed over the threads after)
+    const bool n_bias = (b_ih[d].defined() && n_bih) || (b_hh[d].defined() && n_bhh);
+    const bool summed = n_ln || n_bias || (KIND == PEEPHOLE && n_peep);
+    l.acc_stride = K * ln_acc_size<G>(H);
+    Tensor acc = summed ? at::zeros({nthr, l.acc_stride}, opt) : Tensor();
+    l.acc = summed ? acc.data_ptr<T>() : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t st = T_ - 1 - s;
       const int64_t t = a.time(st);
-      for_rows(B, threads, [&](int64_t b, int64_t) { ln_bwd_row<T, KIND>(a, l, t, b); });
+      for_rows(B, threads, [&](int64_t b, int64_t tid) { ln_bwd_row<T, KIND>(a, l, t, b, tid); });
       const T* dyp = nullptr;  // dy at the time of this step's h_prev; none for h_0
       if (st > 0) dyp = a.dy + (a.reverse ? t + 1 : t - 1) * B * a.ys() + d * H;
       Tensor init = dyp ? at::from_blob(const_cast<T*>(dyp), {B, H}, {a.ys(), 1}, opt) : Tensor();
@@ -1805,58 +1935,53 @@ std::vector<Tensor> ln_backward_impl(const Layer& L, const Tensor& x, const Tens
       for (int64_t k = 0; k < K; ++k) dc0[d].narrow(1, k * H, H).copy_(dcs[k]);
     whh_lib.clear();
 
-    // After the loop, per path (each in buffers of its own): LN_ih's backward over every step, the reductions
-    // that give the gains', shifts', biases' and peepholes' gradients, and the weights' and x's GEMMs.
+    // After the loop, per path: the weights' and x's GEMMs on the gradients of x W_ih^T and h W_hh^T; the
+    // gains', shifts', biases' and peepholes' gradients from the threads' sums.
     Tensor gwi = n_wih ? at::empty({K * GH, I}, opt) : Tensor();
     Tensor gwh = n_whh ? at::empty({K * GH, H}, opt) : Tensor();
+    Tensor sums = summed ? acc.sum(0).view({K, ln_acc_size<G>(H)}) : Tensor();
     std::vector<Tensor> gb_x, gb_h, gp, g_ln[6];
     for (int64_t k = 0; k < K; ++k) {
-      const Tensor* sv = &saved[(d * K + k) * LN_SAVED];
-      Tensor da = dgx[k].view({T_ * B, GH});
-      Tensor dn = dgn[k].view({T_ * B, GH});
-      Tensor xih = sv[1].view({T_ * B, GH}), rih = sv[2].view({T_ * B, 1});
-      Tensor xhh = sv[3].view({T_ * B, GH});
-      Tensor g = da * gain_ih[k];
-      Tensor draw = rih * (g - g.mean(1, true) - xih * (g * xih).mean(1, true));  // d (x W_ih^T)
+      Tensor draw = dgx[k].view({T_ * B, GH});  // d (x W_ih^T)
       Tensor ghk = dgh[k].view({T_ * B, GH});
-      if (n_wih) gwi.narrow(0, k * GH, GH).copy_(at::mm(x2.t(), draw).t());
-      if (n_whh && masked) {
-        gwh.narrow(0, k * GH, GH).copy_(at::mm(hms[d].view({T_ * B, H}).t(), ghk).t());
-      } else if (n_whh) {
-        Tensor yd = y.narrow(2, d * H, H);
-        Tensor first = a.reverse ? ghk.narrow(0, (T_ - 1) * B, B) : ghk.narrow(0, 0, B);
-        Tensor gk = at::mm(h0d.t(), first);  // (H, G H)
-        if (T_ > 1) {
-          Tensor rest = a.reverse ? ghk.narrow(0, 0, (T_ - 1) * B) : ghk.narrow(0, B, (T_ - 1) * B);
-          Tensor hp = (a.reverse ? yd.narrow(0, 1, T_ - 1) : yd.narrow(0, 0, T_ - 1)).reshape({(T_ - 1) * B, H});
-          gk.addmm_(hp.t(), rest);
+      if (n_wih) {
+        Tensor gwi_k = gwi.narrow(0, k * GH, GH);
+        at::mm_out(gwi_k, draw.t(), x2);
+      }
+      if (n_whh) {
+        Tensor gwh_k = gwh.narrow(0, k * GH, GH);
+        if (masked) {
+          at::mm_out(gwh_k, ghk.t(), hms[d].view({T_ * B, H}));
+        } else {
+          Tensor yd = y.narrow(2, d * H, H);
+          Tensor first = a.reverse ? ghk.narrow(0, (T_ - 1) * B, B) : ghk.narrow(0, 0, B);
+          at::mm_out(gwh_k, first.t(), h0d);
+          if (T_ > 1) {
+            Tensor rest = a.reverse ? ghk.narrow(0, 0, (T_ - 1) * B) : ghk.narrow(0, B, (T_ - 1) * B);
+            Tensor hp = (a.reverse ? yd.narrow(0, 1, T_ - 1) : yd.narrow(0, 0, T_ - 1)).reshape({(T_ - 1) * B, H});
+            gwh_k.addmm_(rest.t(), hp);
+          }
         }
-        gwh.narrow(0, k * GH, GH).copy_(gk.t());
       }
       if (n_x) dx2.addmm_(draw, w_ih[d].narrow(0, k * GH, GH));
-      Tensor sum_da = da.sum(0);
+      if (!summed) continue;
+      Tensor sk = sums[k];
+      Tensor sum_da = sk.narrow(0, 0, GH), sum_dn = KIND == GRU ? sk.narrow(0, 2 * GH, GH) : sum_da;
       if (KIND == GRU) {
         if (b_ih[d].defined() && n_bih) gb_x.push_back(sum_da);
-        if (b_hh[d].defined() && n_bhh) gb_h.push_back(dn.sum(0));
-      } else if ((b_ih[d].defined() && n_bih) || (b_hh[d].defined() && n_bhh)) {
+        if (b_hh[d].defined() && n_bhh) gb_h.push_back(sum_dn);
+      } else if (n_bias) {
         gb_x.push_back(sum_da);
       }
-      if (KIND == PEEPHOLE && n_peep) {
-        Tensor cst = sv[8];
-        Tensor cprev = (a.reverse ? cst.narrow(0, 1, T_) : cst.narrow(0, 0, T_)).reshape({T_ * B, H});
-        Tensor c1 = sv[5].view({T_ * B, H});
-        gp.push_back(at::cat({(da.narrow(1, 0, H) * cprev).sum(0), (da.narrow(1, H, H) * cprev).sum(0),
-                              (da.narrow(1, 3 * H, H) * c1).sum(0)}));
-      }
+      if (KIND == PEEPHOLE && n_peep) gp.push_back(sk.narrow(0, 4 * GH + 2 * H, 3 * H));
       if (n_ln) {
-        g_ln[0].push_back((da * xih).sum(0));
+        g_ln[0].push_back(sk.narrow(0, GH, GH));
         g_ln[1].push_back(sum_da);
-        g_ln[2].push_back((dn * xhh).sum(0));
-        g_ln[3].push_back(dn.sum(0));
+        g_ln[2].push_back(sk.narrow(0, 3 * GH, GH));
+        g_ln[3].push_back(sum_dn);
         if (cell) {
-          Tensor dc2 = dch[k].view({T_ * B, H});
-          g_ln[4].push_back((dc2 * sv[6].view({T_ * B, H})).sum(0));
-          g_ln[5].push_back(dc2.sum(0));
+          g_ln[4].push_back(sk.narrow(0, 4 * GH + H, H));
+          g_ln[5].push_back(sk.narrow(0, 4 * GH, H));
         }
       }
     }
