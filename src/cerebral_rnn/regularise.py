@@ -39,9 +39,10 @@ unless ``paths_share_masks=True`` (one mask used by every path).
 too (dense CPU input, float32/float64, training and eval: forward and BPTT in C++, inside the time loop: the
 masked :math:`h` of the next step is written by the step that stores :math:`h`, the zoneout masks are read where
 the step stores :math:`h` and :math:`c`; at eval recurrent dropout changes nothing and the layer runs
-unregularised). Layer norm has a loop of its own there: per step each path's recurrent product (a library GEMM),
-then per batch row the normalisations and the step; the input side is normalised once for every step after its
-GEMM; the BPTT mirrors it, and the gains' and shifts' gradients are sums over the saved rows after the loop.
+unregularised). Layer norm has a loop of its own there: per step every path's recurrent product (the register-blocked
+kernel), then per batch row the normalisations and the step; the input side is normalised after its GEMM (every
+step in training, a chunk of steps at a time at eval); the BPTT mirrors it and sums the gains' and shifts'
+gradients as it goes.
 Where ``native`` cannot run (packed input, CUDA, other dtypes), the ``reference`` backend runs them (any kind,
 K, dtype, device, packed input, directions, layers). ``backend="auto"`` picks the first of these that computes
 the call; a named backend that cannot refuses with the reason.
@@ -137,9 +138,19 @@ class DirectionMasks(NamedTuple):
     zone_c: Tensor | None  # (T, B, K H) bool
 
 
+def _below(shape, p: float, device) -> Tensor:
+    """Bool ``shape``: True with probability p (to 2^-32), independently, from torch's generator: each 63-bit
+    draw of ``random_()`` gives two 31-bit uniforms k (its two 32-bit halves without their top bits), True where
+    k < round(p 2^31). Half the generator's calls of ``torch.rand(shape) < p``, the step that dominated the cost
+    of zoneout's per-step masks."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_().view(torch.int32)[:n]
+    return torch.lt(bits.bitwise_and_(0x7FFFFFFF), round(p * 2**31)).view(shape)
+
+
 def _bernoulli_keep(shape, p: float, like: Tensor) -> Tensor:
     """1 / (1 - p) with probability 1 - p, else 0 (inverted dropout)."""
-    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p) / (1 - p)
+    return torch.logical_not(_below(shape, p, like.device)).to(like.dtype) / (1 - p)
 
 
 def draw_direction(regs: Regularisers, spec, T: int, B: int, like: Tensor) -> DirectionMasks:
@@ -155,12 +166,12 @@ def draw_direction(regs: Regularisers, spec, T: int, B: int, like: Tensor) -> Di
     if regs.recurrent_dropout:
         h = _bernoulli_keep((B, out), regs.recurrent_dropout, like)
     if regs.zoneout_h:
-        zone_h = torch.rand((T, B, out), device=like.device) < regs.zoneout_h
+        zone_h = _below((T, B, out), regs.zoneout_h, like.device)
     if regs.zoneout_c:
         if regs.paths_share_masks:
-            zone_c = (torch.rand((T, B, H), device=like.device) < regs.zoneout_c).repeat(1, 1, K)
+            zone_c = _below((T, B, H), regs.zoneout_c, like.device).repeat(1, 1, K)
         else:
-            zone_c = torch.rand((T, B, K * H), device=like.device) < regs.zoneout_c
+            zone_c = _below((T, B, K * H), regs.zoneout_c, like.device)
     return DirectionMasks(weight, h, zone_h, zone_c)
 
 

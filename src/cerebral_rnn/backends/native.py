@@ -11,11 +11,13 @@ recurrent product's gradient and ``dW_hh`` reads the saved ``m * h_{t-1}``. Zone
 and each path's ``c`` it keeps the masked (training) or expected (eval) fraction of the previous value; the BPTT
 splits each gradient between the update and the kept value, and recomputes the un-zoned cell (what the output
 read) from the saved gates, bit for bit as the forward made it. Layer norm (:class:`NativeLNFunction`): its own
-loop, since each LN needs a path's whole row of pre-activations before the step: the input side's LN once over
-every step after the input GEMM, then per step each path's recurrent product (``at::mm``, own buffers) and per
-batch row (rows shared by the threads) the normalisations, the step and the output's LN; the BPTT mirrors it
-per row, then ``dh_{t-1}`` by one GEMM per path, and the gains', shifts' and biases' gradients are sums over
-the saved rows after the loop. float32 and float64; dense input; one or two directions; any hidden size and batch. Training goes through
+loop, since each LN needs a path's whole row of pre-activations before the step: the input side's LN after the
+input GEMM (over every step in training, a chunk of steps at a time in inference), then per step every path's
+recurrent product on the register-blocked panels (unit blocks shared by the threads) and per batch row (rows
+shared by the threads) the normalisations, the step and the output's LN; the BPTT mirrors it per row, writing
+its gradients over the saved normalised products and summing the gains', shifts', biases' and peepholes'
+gradients per thread as it goes, then ``dh_{t-1}`` by one GEMM per path; a second backward through the same
+graph recomputes the forward first. float32 and float64; dense input; one or two directions; any hidden size and batch. Training goes through
 :class:`NativeFunction` (an ``autograd.Function``); inference (no autograd recording) runs the same forward
 without saving anything. The C++ source is ``native_kernels.cpp`` beside this module.
 
@@ -575,7 +577,7 @@ class NativeBackend:
     def forward_layer(self, spec, x, states, weights, batch_sizes, step_regs=None):
         """As every backend's; ``step_regs``: the layer's recurrent dropout, zoneout and layer norm, one
         :class:`~cerebral_rnn.regularise.StepRegs` per direction, or None. Layer norm runs its own loop
-        (:class:`NativeLNFunction`: library GEMMs for the recurrence, then the rows' normalisation and step)."""
+        (:class:`NativeLNFunction`: per step the recurrent products, then the rows' normalisation and step)."""
         plan = self.plan(spec, x)
         h0 = states[0]
         c0 = states[1] if spec.kind.has_cell else None
