@@ -209,6 +209,60 @@ def test_ctrl_c_stops_cleanly_with_one_line_and_resume_continues(corpus, tmp_pat
     assert len([r for r in R.read_csv(str(out / "runs.csv")) if r["phase"] == "final"]) == 8
 
 
+def _spawned_workers(parent: int) -> list[int]:
+    """The pids of ``parent``'s children that run multiprocessing's spawn_main (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmd:
+            out.append(int(entry))
+    return out
+
+
+def test_ctrl_c_while_the_workers_start_prints_no_traceback(corpus, tmp_path):
+    """A Ctrl-C while the pool's workers are still starting (importing torch, before their initializer) stops the
+    run with the one line and no worker traceback: they start with Ctrl-C ignored."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc to see the workers start")
+    out = tmp_path / "early"
+    args = ["reproduce", "--corpus", str(corpus), "--seeds", "2", "--models", "lstm,cerebral", "--epochs", "40",
+            *[a for a in TINY if a not in ("--quiet",)], "--jobs", "2", "--out", str(out)]
+    cli = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from cerebral_rnn.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", cli, *args], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    ignored = []
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not ignored:
+            for pid in _spawned_workers(proc.pid):  # first seen within milliseconds of its start
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+                except (OSError, StopIteration):
+                    continue
+                ignored.append(bool(mask >> (signal.SIGINT - 1) & 1))
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)  # the parent has spawned its workers; they are still importing
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ignored and all(ignored), "a worker started with Ctrl-C not ignored (it is still importing torch)"
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.count("--resume") == 1, err
+
+
 # -- Ray -------------------------------------------------------------------------------------------------------
 
 

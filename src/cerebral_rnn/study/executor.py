@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import warnings
 
 import torch
@@ -91,10 +92,20 @@ def run_all(ctx: RunContext, specs: list[RunSpec], resume: bool, jobs: int, quie
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     mp = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=mp, initializer=_worker_init,
-                               initargs=(ctx.cfg, ctx.out, quiet or ctx.progress.bars, os.getpid()))
+    # The pool's helper processes (multiprocessing's resource tracker, with the pool's first lock) and its
+    # workers (by the submits) start with Ctrl-C ignored here, so that they inherit it ignored from their first
+    # instruction: a Ctrl-C while a worker is still starting (importing torch, before its initializer) would
+    # otherwise print that worker's traceback. A Ctrl-C within these lines is dropped.
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=mp, initializer=_worker_init,
+                                   initargs=(ctx.cfg, ctx.out, quiet or ctx.progress.bars, os.getpid()))
         pending = {pool.submit(_worker_run, spec, resume) for spec in specs}
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, handler)
+    try:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
