@@ -1369,14 +1369,18 @@ void ln_fwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t cp, int64
     T* raw = l.graw[k] + b * l.graw_stride;
     T mean, rstd;
     row_moments<T>(raw, GH, mean, rstd);
-    T* xh = a.train ? l.xhh[k] + rowi * GH : raw;
-    row_normalise<T>(raw, GH, mean, rstd, xh);
-    if (a.train) l.rhh[k][rowi] = rstd;
+    T* xh = a.train ? l.xhh[k] + rowi * GH : nullptr;  // training: the normalised row, saved
+    if (a.train) {
+      row_normalise<T>(raw, GH, mean, rstd, xh);
+      l.rhh[k][rowi] = rstd;
+    }
+    const VT mv(mean), rv(rstd);
     T* row = l.act[k] + ((t - l.act_t0) * B + b) * GH;
     const T* gh = l.ghh[k];
     const T* bhh = l.bhh[k];
-    auto lnh = [&](int64_t off, int cnt) {  // LN_hh's output at offset off of the row
-      return at::vec::fmadd(VT::loadu(gh + off, cnt), VT::loadu(xh + off, cnt), VT::loadu(bhh + off, cnt));
+    auto lnh = [&](int64_t off, int cnt) {  // LN_hh's output at offset off of the row (inference: normalised here)
+      const VT xv = a.train ? VT::loadu(xh + off, cnt) : (VT::loadu(raw + off, cnt) - mv) * rv;
+      return at::vec::fmadd(VT::loadu(gh + off, cnt), xv, VT::loadu(bhh + off, cnt));
     };
     if constexpr (KIND == GRU) {
       const T* hp = a.hprev(t) + b * a.hs(t);
@@ -1435,13 +1439,16 @@ void ln_fwd_row(const Dir<T>& a, const LnDir<T>& l, int64_t t, int64_t cp, int64
       }
       T cm, cr;
       row_moments<T>(c1, H, cm, cr);
-      T* xc = a.train ? l.xc[k] + rowi * H : c1;
-      row_normalise<T>(c1, H, cm, cr, xc);
-      if (a.train) l.rc[k][rowi] = cr;
+      T* xc = a.train ? l.xc[k] + rowi * H : nullptr;
+      if (a.train) {
+        row_normalise<T>(c1, H, cm, cr, xc);
+        l.rc[k][rowi] = cr;
+      }
+      const VT cmv(cm), crv(cr);
       for (int64_t j0 = 0; j0 < H; j0 += V) {
         const int cnt = tail(H, j0, V);
-        const VT cn_ = at::vec::fmadd(VT::loadu(l.gc[k] + j0, cnt), VT::loadu(xc + j0, cnt),
-                                      VT::loadu(l.bc[k] + j0, cnt));
+        const VT xcv = a.train ? VT::loadu(xc + j0, cnt) : (VT::loadu(c1 + j0, cnt) - cmv) * crv;
+        const VT cn_ = at::vec::fmadd(VT::loadu(l.gc[k] + j0, cnt), xcv, VT::loadu(l.bc[k] + j0, cnt));
         const VT out = VT::loadu(row + 3 * H + j0, cnt) * v_tanh<T>(cn_);
         (k == 0 ? out : VT::loadu(hsum + j0, cnt) + out).store(hsum + j0, cnt);
       }
@@ -1775,12 +1782,16 @@ std::vector<Tensor> ln_forward_impl(const Layer& L, const Tensor& x, const Tenso
         T* row = ap + r * GH;
         T mean, rstd;
         row_moments<T>(row, GH, mean, rstd);
-        T* xh = train ? xp + r * GH : row;
-        row_normalise<T>(row, GH, mean, rstd, xh);
-        if (train) rp[r] = rstd;
+        T* xh = train ? xp + r * GH : nullptr;  // training: the normalised row, saved
+        if (train) {
+          row_normalise<T>(row, GH, mean, rstd, xh);
+          rp[r] = rstd;
+        }
+        const VT mv(mean), rv(rstd);
         for (int64_t j = 0; j < GH; j += V) {
           const int cnt = tail(GH, j, V);
-          VT v = at::vec::fmadd(VT::loadu(gi + j, cnt), VT::loadu(xh + j, cnt), VT::loadu(bi + j, cnt));
+          const VT xv = train ? VT::loadu(xh + j, cnt) : (VT::loadu(row + j, cnt) - mv) * rv;
+          VT v = at::vec::fmadd(VT::loadu(gi + j, cnt), xv, VT::loadu(bi + j, cnt));
           if (bxp) v = v + VT::loadu(bxp + j, cnt);
           v.store(row + j, cnt);
         }
