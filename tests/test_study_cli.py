@@ -180,16 +180,20 @@ def test_a_second_reproduce_into_the_same_out_is_refused(corpus, tmp_path):
                    *TINY) == 0  # released
 
 
+def _start_cli(args: list[str]) -> subprocess.Popen:
+    """The CLI in a child process of its own group, with Python's Ctrl-C handler as a terminal gives it, even
+    where the tests run in a background job (such a job inherits SIGINT ignored, and Python installs no handler)."""
+    cli = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from cerebral_rnn.cli import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.Popen([sys.executable, "-c", cli, *args], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
 def test_ctrl_c_stops_cleanly_with_one_line_and_resume_continues(corpus, tmp_path):
     out = tmp_path / "int"
     args = ["reproduce", "--corpus", str(corpus), "--seeds", "4", "--models", "lstm,cerebral", "--epochs", "40",
             *[a for a in TINY if a not in ("--quiet",)], "--jobs", "2", "--out", str(out)]
-    # Python's Ctrl-C handler in the child, as a terminal gives it, even where this test runs in a background job:
-    # such a job inherits SIGINT ignored, and Python then installs no handler
-    cli = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-           "from cerebral_rnn.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", cli, *args], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = _start_cli(args)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -235,10 +239,7 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(corpus, tmp_path):
     out = tmp_path / "early"
     args = ["reproduce", "--corpus", str(corpus), "--seeds", "2", "--models", "lstm,cerebral", "--epochs", "40",
             *[a for a in TINY if a not in ("--quiet",)], "--jobs", "2", "--out", str(out)]
-    cli = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-           "from cerebral_rnn.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", cli, *args], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = _start_cli(args)
     deadline = time.monotonic() + 120
     ignored = []
     try:
