@@ -1308,10 +1308,11 @@ inline void row_ln_backward(const T* dy, const T* gain, const T* xhat, T rstd, i
 // The operands of one direction with layer norm (per path k); Dir<T> holds the shared ones (h, y, masks).
 template <typename T>
 struct LnDir {
-  std::vector<T*> act;          // (T, B, G H): LN_ih(x W_ih^T) + b; in training overwritten by the activations
+  std::vector<T*> act;          // LN_ih(x W_ih^T) + b; training: (T, B, G H), overwritten by the activations;
+                                // inference: (n, B, G H), the chunk of steps from act_t0
   std::vector<T*> xih, xhh;     // training: (T, B, G H) normalised input / recurrent products
   std::vector<T*> rih, rhh;     // training: (T, B) their 1 / std
-  std::vector<T*> graw;         // this step's h W_hh^T, rows of graw_stride (inference: normalised in place)
+  std::vector<T*> graw;         // this step's h W_hh^T, rows of graw_stride (read raw; training saves xhh)
   int64_t graw_stride = 0;      // K G H: every path's product from one GEMM, path k at columns k G H
   int64_t act_t0 = 0;           // the first step act holds (inference: the input side chunk by chunk)
   std::vector<const T*> gih, bih, ghh, bhh, gc, bc;  // gains and shifts (G H; c: H)
