@@ -689,11 +689,12 @@ inline void wait_until(const std::atomic<int64_t>& v, int64_t target) {
   }
 }
 
-// body(phase, item0, item1, tid) computes items [item0, item1) of a phase; grain(phase): items a claim takes.
-template <typename Body, typename Grain>
-void run_phases(int64_t nt, int64_t nphases, int64_t nitems, const Grain& grain, const Body& body) {
+// body(phase, item0, item1, tid) computes items [item0, item1) of a phase; items(phase): how many the phase has;
+// grain(phase): items a claim takes.
+template <typename Items, typename Body, typename Grain>
+void run_phases_var(int64_t nt, int64_t nphases, const Items& items, const Grain& grain, const Body& body) {
 #ifdef _OPENMP
-  if (nt > 1 && nitems > 1) {
+  if (nt > 1) {
     std::vector<Counter> pos(nt);  // claims in each thread's range, counted over every phase
     Counter done;                  // items done, counted over every phase
 #pragma omp parallel num_threads(static_cast<int>(nt))
@@ -701,29 +702,40 @@ void run_phases(int64_t nt, int64_t nphases, int64_t nitems, const Grain& grain,
       // the team may be smaller than asked (nested parallelism, OMP_THREAD_LIMIT): its ranges split all items
       const int64_t tn = std::min<int64_t>(omp_get_num_threads(), nt), tid = omp_get_thread_num();
       if (tid < tn) {
+        std::vector<int64_t> base(tn, 0);  // claims of each range in the phases before this one
+        int64_t before = 0;                // items of the phases before this one
         for (int64_t p = 0; p < nphases; ++p) {
-          wait_until(done.v, p * nitems);
+          const int64_t ni = items(p);
+          wait_until(done.v, before);
           const int64_t g = grain(p);
           for (int64_t j = 0; j < tn; ++j) {  // own range first, then the others'
             const int64_t r = (tid + j) % tn;
-            const int64_t lo = nitems * r / tn, len = nitems * (r + 1) / tn - lo, end = (p + 1) * len;
+            const int64_t lo = ni * r / tn, end = base[r] + ni * (r + 1) / tn - lo;
             int64_t c = pos[r].v.load(std::memory_order_relaxed);
             while (c < end) {
               const int64_t take = std::min(g, end - c);
               if (!pos[r].v.compare_exchange_weak(c, c + take, std::memory_order_acq_rel)) continue;
-              const int64_t i0 = lo + c - p * len;
+              const int64_t i0 = lo + c - base[r];
               body(p, i0, i0 + take, tid);
               done.v.fetch_add(take, std::memory_order_acq_rel);
               c = pos[r].v.load(std::memory_order_relaxed);
             }
           }
+          for (int64_t r = 0; r < tn; ++r) base[r] += ni * (r + 1) / tn - ni * r / tn;
+          before += ni;
         }
       }
     }
     return;
   }
 #endif
-  for (int64_t p = 0; p < nphases; ++p) body(p, 0, nitems, 0);
+  for (int64_t p = 0; p < nphases; ++p) body(p, 0, items(p), 0);
+}
+
+// The same with nitems items in every phase (one item: no region).
+template <typename Body, typename Grain>
+void run_phases(int64_t nt, int64_t nphases, int64_t nitems, const Grain& grain, const Body& body) {
+  run_phases_var(nitems > 1 ? nt : 1, nphases, [nitems](int64_t) { return nitems; }, grain, body);
 }
 
 // ---- packing --------------------------------------------------------------------------------------------------
@@ -1235,11 +1247,12 @@ std::vector<Tensor> backward_impl(const Layer& L, const Tensor& x, const Tensor&
 // Per path k: a_k = LN_ih(W_ih,k x) + LN_hh(W_hh,k h_{t-1}) + b_k, each LN over the path's whole G H row with its
 // own gain and shift (eps = 1e-5); LSTM kinds output o_k tanh(LN_c(c_k)) (the carried c_k is not normalised); the
 // GRU's n reads r (LN_hh(W_hn h) + b_hn). An LN needs the whole row of the step's recurrent product before the
-// pointwise part, so a step is two parts: the recurrent GEMM of every path (one library call per path, own
-// buffers), then every batch row's normalisation and pointwise step (rows shared by the threads). The input
-// side's LN runs once over every step after the input GEMM. The BPTT mirrors it: per step the rows' pointwise and
-// LN backward, then dh_prev = sum_k dG_k W_hh,k; the gains', shifts' and biases' gradients are reductions over the
-// saved rows after the loop. Symmetry: every path by the same code on same-shaped buffers of its own.
+// pointwise part, so a step is two phases of one parallel region (run_phases_var): every path's recurrent product
+// on the forward panels (ln_gemm_units, unit blocks shared by the threads), then every batch row's normalisations
+// and pointwise step (rows shared by the threads). The input side's LN runs after the input GEMM, over every step
+// in training, chunk by chunk in inference. The BPTT mirrors it: per step the rows' pointwise and LN backward (the
+// gains', shifts', biases' and peepholes' gradients summed per thread in that pass), then dh_prev = sum_k dG_k
+// W_hh,k. Symmetry: every path by the same code on same-shaped buffers of its own.
 constexpr double LN_EPS = 1e-5;
 
 // Sum of the n values of a row, lanes beyond the row masked to 0, lane sums added in lane order.
@@ -1630,35 +1643,28 @@ inline void ln_gemm_block(const T* h, int64_t hs, const T* w, int64_t H, int64_t
 }
 
 template <typename T, int KIND>
-void ln_gemm_step(const T* h, int64_t hs, int64_t B, int64_t H, const std::vector<const T*>& pf, T* graw,
-                  int64_t threads) {
+void ln_gemm_units(const T* h, int64_t hs, int64_t B, int64_t H, const std::vector<const T*>& pf, T* graw,
+                   int64_t u0, int64_t u1) {
   using VT = Vec<T>;
   constexpr int V = VT::size();
   constexpr int G = gates<KIND>();
   constexpr int MR = fwd_mr<KIND>();
-  const int64_t K = static_cast<int64_t>(pf.size()), GH = G * H, nub = (H + V - 1) / V;
-  auto units = [&](int64_t u0, int64_t u1) {
-    VT acc[MR * G];
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t j0 = u * V;
-      const int cnt = tail(H, j0, V);
-      for (int64_t k = 0; k < K; ++k) {
-        const T* w = pf[k] + u * H * G * V;
-        const int64_t nb = (B + MR - 1) / MR;  // register blocks of balanced sizes
-        for (int64_t i = 0; i < nb; ++i) {
-          const int64_t r0 = B * i / nb, r1 = B * (i + 1) / nb;
-          ln_gemm_block<T, G, MR>(h + r0 * hs, hs, w, H, r1 - r0, acc);
-          for (int64_t r = r0; r < r1; ++r)
-            for (int g = 0; g < G; ++g) acc[(r - r0) * G + g].store(graw + r * K * GH + k * GH + g * H + j0, cnt);
-        }
+  const int64_t K = static_cast<int64_t>(pf.size()), GH = G * H;
+  VT acc[MR * G];
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t j0 = u * V;
+    const int cnt = tail(H, j0, V);
+    for (int64_t k = 0; k < K; ++k) {
+      const T* w = pf[k] + u * H * G * V;
+      const int64_t nb = (B + MR - 1) / MR;  // register blocks of balanced sizes
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t r0 = B * i / nb, r1 = B * (i + 1) / nb;
+        ln_gemm_block<T, G, MR>(h + r0 * hs, hs, w, H, r1 - r0, acc);
+        for (int64_t r = r0; r < r1; ++r)
+          for (int g = 0; g < G; ++g) acc[(r - r0) * G + g].store(graw + r * K * GH + k * GH + g * H + j0, cnt);
       }
     }
-  };
-  if (threads <= 1 || nub < 2) {
-    units(0, nub);
-    return;
   }
-  at::parallel_for(0, nub, 1, units);
 }
 
 // ln: per direction 6 tensors (gain and shift of LN_ih, LN_hh (G H each per path), LN_c (H per path; undefined
@@ -1708,7 +1714,7 @@ std::vector<Tensor> ln_forward_impl(const Layer& L, const Tensor& x, const Tenso
     const std::vector<Tensor> prep = prepare_dir<T, KIND>(K, H, w_ih[d], w_hh[d], b_ih[d], b_hh[d], peep[d], true);
     std::vector<Tensor> keep, cells, acts;
     std::vector<const T*> bxs;
-    std::vector<const T*> pf;  // every path's W_hh^T in forward panels: the recurrent products (ln_gemm_step)
+    std::vector<const T*> pf;  // every path's W_hh^T in forward panels: the recurrent products (ln_gemm_units)
     Tensor graw = at::empty({B, K * GH}, opt);
     l.graw_stride = K * GH;
     for (int64_t k = 0; k < K; ++k) {
@@ -1798,20 +1804,35 @@ std::vector<Tensor> ln_forward_impl(const Layer& L, const Tensor& x, const Tenso
         }
       });
     };
-    if (train)
+    // Steps [s1, s1 + m) in one parallel region, two phases a step: every path's recurrent product (unit blocks),
+    // then every row's normalisations and pointwise step (rows).
+    const int64_t nub = (H + Vec<T>::size() - 1) / Vec<T>::size();
+    auto steps = [&](int64_t s1, int64_t m) {
+      run_phases_var(
+          threads, 2 * m, [&](int64_t p) { return p % 2 ? B : nub; }, [](int64_t p) { return p % 2 ? 4 : 1; },
+          [&](int64_t p, int64_t i0, int64_t i1, int64_t tid) {
+            const int64_t t = a.time(s1 + p / 2);
+            if (p % 2 == 0) {
+              ln_gemm_units<T, KIND>(a.ghprev(t), a.ghs(t), B, H, pf, graw.data_ptr<T>(), i0, i1);
+              return;
+            }
+            const int64_t cp = train ? a.slot_prev(t) : 0, cn = train ? a.slot_new(t) : 0;
+            for (int64_t b = i0; b < i1; ++b)
+              ln_fwd_row<T, KIND>(a, l, t, cp, cn, b, scratch.data_ptr<T>() + tid * 2 * H);
+          });
+    };
+    if (train) {
       for (int64_t k = 0; k < K; ++k) input_side(k, 0, T_);
-    for (int64_t s = 0; s < T_; ++s) {
-      const int64_t t = a.time(s);
-      if (!train && (a.reverse ? (t == T_ - 1 || (t + 1) % n == 0) : t % n == 0)) {  // a new chunk
-        const int64_t s0 = t / n * n;
+      steps(0, T_);
+    } else {  // chunk by chunk: the input side of the chunk's steps, then its steps
+      for (int64_t s = 0; s < T_;) {
+        const int64_t t = a.time(s), s0 = t / n * n, e = std::min(T_, s0 + n);
         l.act_t0 = s0;
-        for (int64_t k = 0; k < K; ++k) input_side(k, s0, std::min(T_, s0 + n) - s0);
+        for (int64_t k = 0; k < K; ++k) input_side(k, s0, e - s0);
+        const int64_t m = a.reverse ? t - s0 + 1 : e - t;
+        steps(s, m);
+        s += m;
       }
-      ln_gemm_step<T, KIND>(a.ghprev(t), a.ghs(t), B, H, pf, graw.data_ptr<T>(), threads);
-      const int64_t cp = train ? a.slot_prev(t) : 0, cn = train ? a.slot_new(t) : 0;
-      for_rows(B, threads, [&](int64_t b, int64_t tid) {
-        ln_fwd_row<T, KIND>(a, l, t, cp, cn, b, scratch.data_ptr<T>() + tid * 2 * H);
-      });
     }
     h_n[d].copy_(y[a.reverse ? 0 : T_ - 1].narrow(1, d * H, H));
     if (cell)
